@@ -1,0 +1,1 @@
+"""Shared value types, errors and ids. Imports nothing else of ours."""

@@ -1,0 +1,139 @@
+"""SQL adapter of ``tenancy.ports.TenancyStore`` (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openautoglm.core.errors import ConflictError
+from openautoglm.store.tables import api_keys, tenants
+from openautoglm.tenancy.model import ApiKey, Role, Tenant
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite gives back naive datetimes; everything we store is UTC.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+def _join_models(models: tuple[str, ...] | None) -> str | None:
+    return None if models is None else "\n".join(models)
+
+
+def _split_models(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(name for name in text.split("\n") if name)
+
+
+def _tenant(row: Any) -> Tenant:
+    return Tenant(id=row.id, name=row.name, created_at=_aware(row.created_at) or row.created_at)
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        name=row.name,
+        role=Role(row.role),
+        prefix=row.prefix,
+        key_hash=row.key_hash,
+        created_at=_aware(row.created_at) or row.created_at,
+        allowed_models=_split_models(row.allowed_models),
+        expires_at=_aware(row.expires_at),
+        revoked_at=_aware(row.revoked_at),
+    )
+
+
+class SqlTenancyStore:
+    """Tenants and keys in the relational store; each call is its own transaction."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def add_tenant(self, tenant: Tenant) -> None:
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    insert(tenants).values(
+                        id=tenant.id, name=tenant.name, created_at=tenant.created_at
+                    )
+                )
+        except IntegrityError as exc:
+            raise ConflictError(
+                f"tenant '{tenant.name}' already exists", code="tenant_exists"
+            ) from exc
+
+    async def tenant_by_name(self, name: str) -> Tenant | None:
+        async with self._engine.connect() as connection:
+            row = (await connection.execute(select(tenants).where(tenants.c.name == name))).first()
+        return None if row is None else _tenant(row)
+
+    async def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(select(tenants).where(tenants.c.id == tenant_id))
+            ).first()
+        return None if row is None else _tenant(row)
+
+    async def count_tenants(self) -> int:
+        async with self._engine.connect() as connection:
+            count = await connection.scalar(select(func.count()).select_from(tenants))
+        return int(count or 0)
+
+    async def add_key(self, key: ApiKey) -> None:
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(
+                    insert(api_keys).values(
+                        id=key.id,
+                        tenant_id=key.tenant_id,
+                        name=key.name,
+                        role=key.role.value,
+                        prefix=key.prefix,
+                        key_hash=key.key_hash,
+                        allowed_models=_join_models(key.allowed_models),
+                        created_at=key.created_at,
+                        expires_at=key.expires_at,
+                        revoked_at=key.revoked_at,
+                    )
+                )
+        except IntegrityError as exc:
+            raise ConflictError(
+                f"cannot store key for tenant '{key.tenant_id}': {exc.orig}", code="key_conflict"
+            ) from exc
+
+    async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        async with self._engine.connect() as connection:
+            row = (
+                await connection.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
+            ).first()
+        return None if row is None else _key(row)
+
+    async def keys_of_tenant(self, tenant_id: str) -> list[ApiKey]:
+        query = (
+            select(api_keys)
+            .where(api_keys.c.tenant_id == tenant_id)
+            .order_by(api_keys.c.created_at, api_keys.c.id)
+        )
+        async with self._engine.connect() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_key(row) for row in rows]
+
+    async def save_key(self, key: ApiKey) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(api_keys)
+                .where(api_keys.c.id == key.id)
+                .values(
+                    name=key.name,
+                    allowed_models=_join_models(key.allowed_models),
+                    expires_at=key.expires_at,
+                    revoked_at=key.revoked_at,
+                )
+            )

@@ -1,0 +1,1 @@
+"""Tenants, API keys, roles, and turning a presented key into a principal."""
