@@ -97,6 +97,7 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    access_log: bool = False
     cors_origins: list[str] = Field(default_factory=list)
 
 
@@ -113,6 +114,9 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     server: ServerSettings = Field(default_factory=ServerSettings)
     models: list[ModelConfig] = Field(default_factory=list)
+    default_model: str | None = Field(
+        default=None, description="model for requests that name none (default: the first)"
+    )
     demo_models: bool = Field(
         default=True, description="serve smollm2-135m and echo when no models are configured"
     )

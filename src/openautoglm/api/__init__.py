@@ -1,0 +1,1 @@
+"""HTTP edge: FastAPI app factory, routes, request schemas and error mapping."""

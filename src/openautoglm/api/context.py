@@ -1,0 +1,36 @@
+"""Per-request helpers shared by routes: services, request id, the caller's key."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+
+if TYPE_CHECKING:
+    from openautoglm.services import Services
+
+
+def services_of(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def request_id_of(request: Request) -> str:
+    request_id: str = request.scope["state"]["request_id"]
+    return request_id
+
+
+def api_key_of(request: Request) -> str | None:
+    """The key from ``Authorization: Bearer …`` or an ``api-key`` header (Azure-style)."""
+    authorization = request.headers.get("authorization")
+    if authorization:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer":
+            return token.strip() or None
+        return None
+    return request.headers.get("api-key")
+
+
+def unix_time() -> int:
+    return int(time.time())

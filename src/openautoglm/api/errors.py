@@ -1,0 +1,108 @@
+"""The one place that turns errors into HTTP answers with OpenAI's error body.
+
+``{"error": {"message", "type", "code", "param"}}`` with the error's status; 429 and 503 carry
+``Retry-After`` when known. Validation errors name the offending field in ``param``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from openautoglm.core.errors import InvalidRequestError, OpenAutoGLMError
+
+logger = logging.getLogger(__name__)
+
+_STATUS_TYPES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "permission_denied"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def error_payload(exc: OpenAutoGLMError) -> dict[str, object]:
+    """The OpenAI-style error object for ``exc`` (also sent as an SSE event mid-stream)."""
+    return {
+        "error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": exc.param}
+    }
+
+
+def error_response(exc: OpenAutoGLMError) -> Response:
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return Response(
+        orjson.dumps(error_payload(exc)),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRequestError:
+    """A 400 naming the first offending field, as OpenAI does."""
+    errors = exc.errors()
+    if not errors:
+        return InvalidRequestError("invalid request body")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return InvalidRequestError(
+            "We could not parse the JSON body of your request: "
+            f"{first.get('ctx', {}).get('error', 'invalid JSON')}",
+            code="invalid_json",
+        )
+    location = [str(part) for part in first.get("loc", ()) if part != "body"]
+    # Union branches add their type name to the location; a reader wants the field path.
+    location = [part for part in location if not part.startswith(("list[", "str", "function-"))]
+    param = ".".join(location) or None
+    where = f"'{param}'" if param else "the request body"
+    extra = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    return InvalidRequestError(
+        f"Invalid value for {where}: {first.get('msg', 'invalid')}{extra}",
+        code="missing_required_parameter" if first.get("type") == "missing" else "invalid_value",
+        param=param,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception that reaches FastAPI to an OpenAI-style error body."""
+
+    async def on_ours(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, OpenAutoGLMError)
+        return error_response(exc)
+
+    async def on_validation(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, (ValidationError, RequestValidationError))
+        return error_response(validation_error(exc))
+
+    async def on_http(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        error_type, code = _STATUS_TYPES.get(exc.status_code, ("server_error", "http_error"))
+        error = OpenAutoGLMError(str(exc.detail), code=code)
+        error.status, error.type = exc.status_code, error_type
+        response = error_response(error)
+        if exc.headers:
+            response.headers.update(exc.headers)
+        return response
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(OpenAutoGLMError("The server had an error processing your request."))
+
+    app.add_exception_handler(OpenAutoGLMError, on_ours)
+    app.add_exception_handler(ValidationError, on_validation)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,176 @@
+"""Response bodies: OpenAI's chat/completion objects and chunks, and the native generation.
+
+Built as plain dicts and serialised with orjson: this is the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from openautoglm.core.types import Chunk, Completion, Usage
+from openautoglm.routing.catalog import Instance
+
+
+def json_response(payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), media_type="application/json", headers=headers)
+
+
+def model_headers(instance: Instance) -> dict[str, str]:
+    """Which model and instance served a response."""
+    return {"X-AutoGLM-Model": instance.model, "X-AutoGLM-Instance": instance.name}
+
+
+def usage_dict(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseMeta:
+    """What every body of one response shares."""
+
+    id: str
+    created: int
+    model: str
+    instance: str
+    context_id: str | None = None
+
+
+def chat_completion(meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
+    return {
+        "id": meta.id,
+        "object": "chat.completion",
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": meta.instance,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": completion.finish_reason,
+            }
+        ],
+        "usage": usage_dict(completion.usage),
+    }
+
+
+def text_completion(meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
+    return {
+        "id": meta.id,
+        "object": "text_completion",
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": meta.instance,
+        "choices": [
+            {
+                "index": 0,
+                "text": completion.text,
+                "logprobs": None,
+                "finish_reason": completion.finish_reason,
+            }
+        ],
+        "usage": usage_dict(completion.usage),
+    }
+
+
+def generation(meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
+    return {
+        "id": meta.id,
+        "object": "generation",
+        "created": meta.created,
+        "model": meta.model,
+        "instance": meta.instance,
+        "context_id": meta.context_id,
+        "text": completion.text,
+        "finish_reason": completion.finish_reason,
+        "usage": usage_dict(completion.usage),
+    }
+
+
+ChunkEncoder = Callable[[Chunk], Iterable[dict[str, Any]]]
+
+
+def chat_chunk_encoder(meta: ResponseMeta, include_usage: bool) -> tuple[list[dict[str, Any]], ChunkEncoder]:
+    """The opening event (assistant role) and an encoder for the rest of a chat stream."""
+
+    def event(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": meta.id,
+            "object": "chat.completion.chunk",
+            "created": meta.created,
+            "model": meta.model,
+            "system_fingerprint": meta.instance,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    def encode(chunk: Chunk) -> Iterable[dict[str, Any]]:
+        if chunk.text:
+            yield event({"content": chunk.text}, None)
+        if chunk.finish_reason is not None:
+            yield event({}, chunk.finish_reason)
+            if include_usage:
+                yield {**event({}, None), "choices": [], "usage": usage_dict(chunk.usage or Usage())}
+
+    return [event({"role": "assistant", "content": ""}, None)], encode
+
+
+def text_chunk_encoder(meta: ResponseMeta, include_usage: bool) -> tuple[list[dict[str, Any]], ChunkEncoder]:
+    """Encoder for a legacy completions stream (no opening event)."""
+
+    def event(text: str, finish_reason: str | None) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": meta.id,
+            "object": "text_completion",
+            "created": meta.created,
+            "model": meta.model,
+            "system_fingerprint": meta.instance,
+            "choices": [
+                {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if include_usage:
+            body["usage"] = None
+        return body
+
+    def encode(chunk: Chunk) -> Iterable[dict[str, Any]]:
+        if chunk.text:
+            yield event(chunk.text, None)
+        if chunk.finish_reason is not None:
+            yield event("", chunk.finish_reason)
+            if include_usage:
+                yield {**event("", None), "choices": [], "usage": usage_dict(chunk.usage or Usage())}
+
+    return [], encode
+
+
+def generation_chunk_encoder(meta: ResponseMeta) -> tuple[list[dict[str, Any]], ChunkEncoder]:
+    """Encoder for a native generate stream: text deltas, usage on the last event."""
+
+    def encode(chunk: Chunk) -> Iterable[dict[str, Any]]:
+        if chunk.text or chunk.finish_reason is not None:
+            yield {
+                "id": meta.id,
+                "object": "generation.chunk",
+                "model": meta.model,
+                "instance": meta.instance,
+                "context_id": meta.context_id,
+                "text": chunk.text,
+                "finish_reason": chunk.finish_reason,
+                "usage": usage_dict(chunk.usage) if chunk.usage else None,
+            }
+
+    return [], encode

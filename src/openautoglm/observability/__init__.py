@@ -1,0 +1,1 @@
+"""Metrics (Prometheus) of the request path and the backends."""

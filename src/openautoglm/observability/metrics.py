@@ -1,0 +1,82 @@
+"""Prometheus metrics of the gateway, with each backend's own numbers folded in at scrape time.
+
+Each app gets its own ``CollectorRegistry`` (no process-global state), exposed at ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from openautoglm.core.types import Usage
+
+if TYPE_CHECKING:
+    from openautoglm.routing.catalog import Instance
+
+_UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
+_LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class _InstanceCollector(Collector):
+    """In-flight requests and backend-specific numbers, read when Prometheus scrapes."""
+
+    def __init__(self, instances: Callable[[], Iterable[Instance]]) -> None:
+        self._instances = instances
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "autoglm_instance_in_flight", "Requests in progress", labels=["model", "instance"]
+        )
+        backend = GaugeMetricFamily(
+            "autoglm_backend_metric",
+            "Numbers a backend reports about itself (llama.cpp slots, tokens, ...)",
+            labels=["model", "instance", "name"],
+        )
+        for instance in self._instances():
+            labels = [instance.model, instance.name]
+            in_flight.add_metric(labels, instance.in_flight)
+            for name, value in instance.backend.metrics().items():
+                backend.add_metric([*labels, _UNSAFE.sub("_", name)], value)
+        yield in_flight
+        yield backend
+
+
+class GatewayMetrics:
+    """Counters and histograms the gateway records for each finished request."""
+
+    def __init__(self, instances: Callable[[], Iterable[Instance]]) -> None:
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "autoglm_requests",
+            "Model requests by outcome (ok or an error code)",
+            ["model", "instance", "outcome"],
+            registry=self.registry,
+        )
+        self._latency = Histogram(
+            "autoglm_request_duration_seconds",
+            "Time from routing to the last chunk",
+            ["model"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._tokens = Counter(
+            "autoglm_tokens", "Tokens processed", ["model", "kind"], registry=self.registry
+        )
+        self.registry.register(_InstanceCollector(instances))
+
+    def observe(self, instance: Instance, outcome: str, duration_s: float, usage: Usage | None) -> None:
+        """Record one finished (or failed, or cancelled) request."""
+        self._requests.labels(instance.model, instance.name, outcome).inc()
+        self._latency.labels(instance.model).observe(duration_s)
+        if usage is not None:
+            self._tokens.labels(instance.model, "prompt").inc(usage.prompt_tokens)
+            self._tokens.labels(instance.model, "completion").inc(usage.completion_tokens)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)

@@ -1,0 +1,1 @@
+"""Model names, their instances, and choosing an instance for a request."""

