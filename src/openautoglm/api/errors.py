@@ -32,6 +32,9 @@ _STATUS_TYPES = {
 }
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool"})
+
+
 def error_payload(exc: OpenAutoGLMError) -> dict[str, object]:
     """The OpenAI-style error object for ``exc`` (also sent as an SSE event mid-stream)."""
     return {
@@ -65,7 +68,7 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
         )
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     # Union branches add their type name to the location; a reader wants the field path.
-    location = [part for part in location if not part.startswith(("list[", "str", "function-"))]
+    location = [part for part in location if "[" not in part and part not in _TYPE_TAGS]
     param = ".".join(location) or None
     where = f"'{param}'" if param else "the request body"
     extra = f" ({len(errors) - 1} more problems)" if len(errors) > 1 else ""
