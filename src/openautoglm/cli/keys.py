@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from openautoglm.cli.common import ConfigOption, err, settings_or_exit
 from openautoglm.config.settings import Settings
@@ -80,7 +80,15 @@ def list_keys(
     config: ConfigOption = None,
 ) -> None:
     """List a tenant's keys (prefixes only; secrets are never stored)."""
-    table = Table("id", "prefix", "role", "name", "models", "expires", "state")
+    table = Table(
+        Column("id", no_wrap=True),
+        Column("prefix", no_wrap=True),
+        "role",
+        "name",
+        "models",
+        "expires",
+        "state",
+    )
     for row in asyncio.run(_list(settings_or_exit(config), tenant)):
         table.add_row(*row)
     out.print(table)
