@@ -1,0 +1,343 @@
+"""The synchronous client, :class:`GLMClient`.
+
+Only sending and waiting live here; request bodies, parsing and retry decisions come from
+``_protocol`` and ``retry`` and are shared with :class:`AsyncGLMClient`. Invariant: a call either
+returns a parsed result (or an open stream whose answer began with 2xx) or raises a
+:class:`GLMError`; an httpx exception never escapes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, overload
+
+import httpx
+
+from openautoglm.sdk._protocol import (
+    MODELS_REQUEST,
+    ApiRequest,
+    build_chat_request,
+    build_generate_request,
+    decode_json_body,
+    failure_from_response,
+    parse_chat_result,
+    parse_generation,
+    parse_model_ids,
+    request_id_of,
+)
+from openautoglm.sdk.config import ClientConfig, resolve_config
+from openautoglm.sdk.errors import error_from_transport
+from openautoglm.sdk.retry import Retrier, RetryPolicy
+from openautoglm.sdk.streaming import GenerationStream
+from openautoglm.sdk.types import ChatMessages, ChatResult, Generation
+
+
+class GLMClient:
+    """Synchronous client of the Open-AutoGLM API.
+
+    ``api_key`` defaults to ``AUTOGLM_API_KEY``; the server address to ``base_url``, else the
+    ``region``'s URL (see :mod:`openautoglm.sdk.regions`), else ``AUTOGLM_BASE_URL``, else
+    ``http://127.0.0.1:8000`` (with or without ``/v1``). ``timeout_s`` bounds connecting and each
+    read, so a long stream is fine while chunks keep coming. Calls refused with 429 or 503, or
+    that cannot connect, are retried up to ``max_retries`` times (see :mod:`openautoglm.sdk.retry`).
+    A client pools connections and is safe to share between threads; ``close()`` it, or use it in
+    a ``with`` block. An ``http_client`` you pass in is used as is and left open.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        region: str | None = None,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        http_client: httpx.Client | None = None,
+        *,
+        regions_file: str | os.PathLike[str] | None = None,
+        retry_policy: RetryPolicy | None = None,
+        _sleep: Callable[[float], None] | None = None,
+        _rng: Callable[[], float] | None = None,
+        _now: Callable[[], float] | None = None,
+    ) -> None:
+        self._config: ClientConfig = resolve_config(
+            api_key=api_key,
+            base_url=base_url,
+            region=region,
+            regions_file=regions_file,
+            timeout_s=timeout_s,
+            max_retries=max_retries,
+            environ=os.environ,
+        )
+        self._retrier = Retrier(
+            max_retries,
+            retry_policy or RetryPolicy(),
+            rng=_rng or random.Random().random,
+            now=_now or time.time,
+        )
+        self._sleep = _sleep or time.sleep
+        self._owns_http = http_client is None
+        self._http = http_client if http_client is not None else httpx.Client()
+
+    @property
+    def base_url(self) -> str:
+        """The server root this client talks to, without ``/v1``."""
+        return self._config.base_url
+
+    @overload
+    def generate(
+        self,
+        prompt: str,
+        context_id: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        *,
+        model: str | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        user: str | None = None,
+        priority: int | None = None,
+        deadline_ms: int | None = None,
+        stream: Literal[False] = False,
+    ) -> Generation: ...
+
+    @overload
+    def generate(
+        self,
+        prompt: str,
+        context_id: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        *,
+        model: str | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        user: str | None = None,
+        priority: int | None = None,
+        deadline_ms: int | None = None,
+        stream: Literal[True],
+    ) -> GenerationStream: ...
+
+    @overload
+    def generate(
+        self,
+        prompt: str,
+        context_id: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        *,
+        model: str | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        user: str | None = None,
+        priority: int | None = None,
+        deadline_ms: int | None = None,
+        stream: bool,
+    ) -> Generation | GenerationStream: ...
+
+    def generate(
+        self,
+        prompt: str,
+        context_id: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        *,
+        model: str | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        user: str | None = None,
+        priority: int | None = None,
+        deadline_ms: int | None = None,
+        stream: bool = False,
+    ) -> Generation | GenerationStream:
+        """Generate text for ``prompt`` (``POST /v1/generate``).
+
+        ``context_id`` continues a stored conversation; ``priority`` is 0 (highest) to 9;
+        ``deadline_ms`` is the latency budget. Parameters left ``None`` take the server's
+        defaults. With ``stream=True`` returns a :class:`GenerationStream` of text deltas.
+        """
+        request = build_generate_request(
+            prompt,
+            stream=stream,
+            context_id=context_id,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            model=model,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            user=user,
+            priority=priority,
+            deadline_ms=deadline_ms,
+        )
+        if stream:
+            return GenerationStream(self._send(request), "generate")
+        return parse_generation(*self._fetch_json(request))
+
+    @overload
+    def chat(
+        self,
+        messages: ChatMessages,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        *,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        context_id: str | None = None,
+        user: str | None = None,
+        priority: int | None = None,
+        deadline_ms: int | None = None,
+        stream: Literal[False] = False,
+        **extra: Any,
+    ) -> ChatResult: ...
+
+    @overload
+    def chat(
+        self,
+        messages: ChatMessages,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        *,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        context_id: str | None = None,
+        user: str | None = None,
+        priority: int | None = None,
+        deadline_ms: int | None = None,
+        stream: Literal[True],
+        **extra: Any,
+    ) -> GenerationStream: ...
+
+    @overload
+    def chat(
+        self,
+        messages: ChatMessages,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        *,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        context_id: str | None = None,
+        user: str | None = None,
+        priority: int | None = None,
+        deadline_ms: int | None = None,
+        stream: bool,
+        **extra: Any,
+    ) -> ChatResult | GenerationStream: ...
+
+    def chat(
+        self,
+        messages: ChatMessages,
+        model: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        *,
+        top_p: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        seed: int | None = None,
+        context_id: str | None = None,
+        user: str | None = None,
+        priority: int | None = None,
+        deadline_ms: int | None = None,
+        stream: bool = False,
+        **extra: Any,
+    ) -> ChatResult | GenerationStream:
+        """Chat completion in OpenAI format (``POST /v1/chat/completions``).
+
+        ``messages`` are OpenAI message dicts, or one string taken as a user message. ``extra``
+        fields (``tools``, ``response_format``, ...) go into the body as given. With
+        ``stream=True`` returns a :class:`GenerationStream` whose ``usage`` is filled at the end.
+        """
+        request = build_chat_request(
+            messages,
+            stream=stream,
+            extra=extra,
+            model=model,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            context_id=context_id,
+            user=user,
+            priority=priority,
+            deadline_ms=deadline_ms,
+        )
+        if stream:
+            return GenerationStream(self._send(request), "chat")
+        return parse_chat_result(*self._fetch_json(request))
+
+    def models(self) -> list[str]:
+        """The ids of the models this key may use (``GET /v1/models``)."""
+        return parse_model_ids(*self._fetch_json(MODELS_REQUEST))
+
+    def close(self) -> None:
+        """Release pooled connections (unless the ``http_client`` was passed in)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> GLMClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _fetch_json(self, request: ApiRequest) -> tuple[Mapping[str, Any], str | None]:
+        response = self._send(request)
+        request_id = request_id_of(response)
+        return decode_json_body(response.content, request_id), request_id
+
+    def _send(self, request: ApiRequest) -> httpx.Response:
+        """Send with retries; return a 2xx response (open, for streams) or raise a GLMError."""
+        http_request = self._http.build_request(
+            request.method,
+            self._config.url(request.path),
+            json=request.body,
+            headers=self._config.headers(is_stream=request.is_stream),
+            timeout=self._config.timeout_s,
+        )
+        attempt = 0
+        while True:
+            try:
+                response = self._http.send(http_request, stream=request.is_stream)
+            except httpx.TransportError as exc:
+                delay_s = self._retrier.delay_after_error(attempt, exc)
+                if delay_s is None:
+                    raise error_from_transport(exc) from exc
+            else:
+                if response.is_success:
+                    return response
+                try:
+                    response.read()
+                except httpx.TransportError as exc:
+                    raise error_from_transport(exc, request_id_of(response)) from exc
+                finally:
+                    response.close()
+                error, delay_s = failure_from_response(
+                    response,
+                    attempt=attempt,
+                    retrier=self._retrier,
+                    has_api_key=self._config.api_key is not None,
+                )
+                if delay_s is None:
+                    raise error
+            self._sleep(delay_s)
+            attempt += 1
