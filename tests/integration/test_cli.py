@@ -14,10 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
+from tests.support.servers import free_port
 
 from openautoglm import __version__
-from tests.support.servers import free_port
 
 AUTOGLM = [sys.executable, "-m", "openautoglm.cli"]
 
@@ -52,7 +51,9 @@ def serving(data_dir: Path, config: Path, port: int) -> Iterator[subprocess.Pope
             except httpx.TransportError:
                 pass
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start:\n{process.stdout.read() if process.stdout else ''}")
+                raise AssertionError(
+                    f"server did not start:\n{process.stdout.read() if process.stdout else ''}"
+                )
             time.sleep(0.1)
         yield process
     finally:
@@ -68,7 +69,9 @@ def serving(data_dir: Path, config: Path, port: int) -> Iterator[subprocess.Pope
 
 
 def run(args: list[str], data_dir: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*AUTOGLM, *args], env=environment(data_dir), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [*AUTOGLM, *args], env=environment(data_dir), capture_output=True, text=True, timeout=60
+    )
 
 
 def test_version(tmp_path: Path) -> None:
@@ -92,7 +95,10 @@ def test_first_start_prints_admin_key_once_and_keys_survive_kill_9(tmp_path: Pat
         admin_key = key_file.read_text(encoding="utf-8").strip()
         headers = {"Authorization": f"Bearer {admin_key}"}
         assert httpx.get(f"http://127.0.0.1:{port}/v1/models", headers=headers).status_code == 200
-        created = run(["keys", "create", "--role", "developer", "--models", "echo", "--config", str(config)], data_dir)
+        created = run(
+            ["keys", "create", "--role", "developer", "--models", "echo", "--config", str(config)],
+            data_dir,
+        )
         assert created.returncode == 0, created.stderr
         developer_key = created.stdout.strip()
         assert re.fullmatch(r"sk-agl-[A-Za-z0-9]{43}", developer_key)
@@ -108,7 +114,9 @@ def test_first_start_prints_admin_key_once_and_keys_survive_kill_9(tmp_path: Pat
         assert output.count(admin_key) == 1
     with serving(data_dir, config, port) as second:
         for key in (admin_key, developer_key):
-            response = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
+            response = httpx.get(
+                f"http://127.0.0.1:{port}/v1/models", headers={"Authorization": f"Bearer {key}"}
+            )
             assert response.status_code == 200
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=20)

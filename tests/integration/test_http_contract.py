@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import httpx
 import orjson
 import pytest
+from tests.support.servers import RunningServer, wait_until
 
 from openautoglm.backends.echo import EchoBackend
-from tests.support.servers import RunningServer, wait_until
 
 CHAT = "/v1/chat/completions"
 
@@ -22,7 +22,9 @@ def http(server: RunningServer, admin_key: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def assert_error(response: httpx.Response, status: int, error_type: str, code: str | None = None) -> dict[str, object]:
+def assert_error(
+    response: httpx.Response, status: int, error_type: str, code: str | None = None
+) -> dict[str, object]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert response.headers.get("x-request-id")
@@ -44,14 +46,36 @@ def assert_error(response: httpx.Response, status: int, error_type: str, code: s
         (b'{"model": "echo"}', "missing_required_parameter", "messages"),
         (b'{"model": "echo", "messages": []}', "invalid_value", "messages"),
         (b'{"model": "echo", "messages": "hi"}', "invalid_value", "messages"),
-        (b'{"model": 42, "messages": [{"role": "user", "content": "x"}]}', "invalid_value", "model"),
-        (b'{"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}', "invalid_value", "messages.0.role"),
-        (b'{"model": "echo", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}', "invalid_value", "max_tokens"),
-        (b'{"model": "echo", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}', "invalid_value", "stream"),
-        (b'{"model": "echo", "messages": [{"role": "user", "content": [{"type": "audio"}]}]}', "invalid_value", None),
+        (
+            b'{"model": 42, "messages": [{"role": "user", "content": "x"}]}',
+            "invalid_value",
+            "model",
+        ),
+        (
+            b'{"model": "echo", "messages": [{"role": "wizard", "content": "x"}]}',
+            "invalid_value",
+            "messages.0.role",
+        ),
+        (
+            b'{"model": "echo", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}',
+            "invalid_value",
+            "max_tokens",
+        ),
+        (
+            b'{"model": "echo", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}',
+            "invalid_value",
+            "stream",
+        ),
+        (
+            b'{"model": "echo", "messages": [{"role": "user", "content": [{"type": "audio"}]}]}',
+            "invalid_value",
+            None,
+        ),
     ],
 )
-def test_garbage_bodies_get_400_naming_the_field(http: httpx.Client, body: bytes, code: str, param: str | None) -> None:
+def test_garbage_bodies_get_400_naming_the_field(
+    http: httpx.Client, body: bytes, code: str, param: str | None
+) -> None:
     error = assert_error(http.post(CHAT, content=body), 400, "invalid_request_error", code)
     if param is not None:
         assert error["param"] == param
@@ -59,7 +83,11 @@ def test_garbage_bodies_get_400_naming_the_field(http: httpx.Client, body: bytes
 
 
 def test_body_over_the_limit_is_413_before_reading_it(http: httpx.Client) -> None:
-    body = b'{"model": "echo", "messages": [{"role": "user", "content": "' + b"x" * (10 * 1024 * 1024) + b'"}]}'
+    body = (
+        b'{"model": "echo", "messages": [{"role": "user", "content": "'
+        + b"x" * (10 * 1024 * 1024)
+        + b'"}]}'
+    )
     assert_error(http.post(CHAT, content=body), 413, "invalid_request_error", "payload_too_large")
 
 
@@ -68,22 +96,31 @@ def test_chunked_body_over_the_limit_is_413(http: httpx.Client) -> None:
         for _ in range(10):
             yield b"x" * (1024 * 1024)
 
-    assert_error(http.post(CHAT, content=pieces()), 413, "invalid_request_error", "payload_too_large")
+    assert_error(
+        http.post(CHAT, content=pieces()), 413, "invalid_request_error", "payload_too_large"
+    )
 
 
 def test_missing_and_invalid_keys_are_401(server: RunningServer) -> None:
     with httpx.Client(base_url=server.base_url) as anonymous:
         body = {"model": "echo", "messages": [{"role": "user", "content": "x"}]}
-        assert_error(anonymous.post(CHAT, json=body), 401, "authentication_error", "missing_api_key")
+        assert_error(
+            anonymous.post(CHAT, json=body), 401, "authentication_error", "missing_api_key"
+        )
         assert_error(
             anonymous.post(CHAT, json=body, headers={"Authorization": "Bearer sk-agl-wrong"}),
-            401, "authentication_error", "invalid_api_key",
+            401,
+            "authentication_error",
+            "invalid_api_key",
         )
         assert_error(
             anonymous.post(CHAT, json=body, headers={"Authorization": "Basic abc"}),
-            401, "authentication_error",
+            401,
+            "authentication_error",
         )
-        assert_error(anonymous.get("/v1/models", headers={"api-key": "nope"}), 401, "authentication_error")
+        assert_error(
+            anonymous.get("/v1/models", headers={"api-key": "nope"}), 401, "authentication_error"
+        )
 
 
 def test_api_key_header_is_accepted(server: RunningServer, admin_key: str) -> None:
@@ -105,8 +142,13 @@ def test_unknown_model_and_route(http: httpx.Client) -> None:
 
 
 def test_request_id_is_echoed_or_made(http: httpx.Client) -> None:
-    assert http.get("/healthz", headers={"X-Request-Id": "trace-123"}).headers["x-request-id"] == "trace-123"
-    made = http.get("/healthz", headers={"X-Request-Id": "bad id with spaces"}).headers["x-request-id"]
+    assert (
+        http.get("/healthz", headers={"X-Request-Id": "trace-123"}).headers["x-request-id"]
+        == "trace-123"
+    )
+    made = http.get("/healthz", headers={"X-Request-Id": "bad id with spaces"}).headers[
+        "x-request-id"
+    ]
     assert made != "bad id with spaces" and len(made) == 24
 
 
@@ -120,29 +162,52 @@ def test_health_readiness_metrics_and_openapi(http: httpx.Client) -> None:
     assert 'autoglm_requests_total{instance="default",model="echo",outcome="ok"}' in metrics
     assert "autoglm_request_duration_seconds_bucket" in metrics
     schema = http.get("/openapi.json").json()
-    for path in ("/v1/chat/completions", "/v1/completions", "/v1/generate", "/v1/embeddings", "/v1/models", "/healthz", "/readyz", "/metrics"):
+    for path in (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/generate",
+        "/v1/embeddings",
+        "/v1/models",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ):
         assert path in schema["paths"], path
     chat_body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]
-    assert chat_body["content"]["application/json"]["schema"]["$ref"].endswith("/ChatCompletionRequest")
+    assert chat_body["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/ChatCompletionRequest"
+    )
     assert "messages" in schema["components"]["schemas"]["ChatCompletionRequest"]["properties"]
 
 
 def test_native_generate_and_its_stream(http: httpx.Client) -> None:
     answer = http.post(
         "/v1/generate",
-        json={"prompt": "季度 销售 摘要", "model": "echo", "context_id": "ctx_2024_q3_sales", "max_tokens": 64},
+        json={
+            "prompt": "季度 销售 摘要",
+            "model": "echo",
+            "context_id": "ctx_2024_q3_sales",
+            "max_tokens": 64,
+        },
     )
     assert answer.status_code == 200
     body = answer.json()
     assert body["text"] == "季度 销售 摘要" and body["context_id"] == "ctx_2024_q3_sales"
     assert body["model"] == "echo" and body["finish_reason"] == "stop"
-    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    assert (
+        body["usage"]["total_tokens"]
+        == body["usage"]["prompt_tokens"] + body["usage"]["completion_tokens"]
+    )
     assert body["id"].startswith("gen-")
     via_header = http.post(
-        "/v1/generate", json={"prompt": "x", "model": "echo"}, headers={"X-AutoGLM-Context-Id": "from-header"}
+        "/v1/generate",
+        json={"prompt": "x", "model": "echo"},
+        headers={"X-AutoGLM-Context-Id": "from-header"},
     )
     assert via_header.json()["context_id"] == "from-header"
-    with http.stream("POST", "/v1/generate", json={"prompt": "a b c", "model": "echo", "stream": True}) as stream:
+    with http.stream(
+        "POST", "/v1/generate", json={"prompt": "a b c", "model": "echo", "stream": True}
+    ) as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
         events = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
@@ -153,8 +218,16 @@ def test_native_generate_and_its_stream(http: httpx.Client) -> None:
 
 def test_generate_validates_its_body(http: httpx.Client) -> None:
     assert_error(http.post("/v1/generate", json={"prompt": ""}), 400, "invalid_request_error")
-    assert_error(http.post("/v1/generate", json={"prompt": "x", "temperature": "hot"}), 400, "invalid_request_error")
-    assert_error(http.post("/v1/generate", json={"prompt": "x", "priority": 12}), 400, "invalid_request_error")
+    assert_error(
+        http.post("/v1/generate", json={"prompt": "x", "temperature": "hot"}),
+        400,
+        "invalid_request_error",
+    )
+    assert_error(
+        http.post("/v1/generate", json={"prompt": "x", "priority": 12}),
+        400,
+        "invalid_request_error",
+    )
 
 
 def _echo_slow(server: RunningServer) -> EchoBackend:
@@ -163,11 +236,15 @@ def _echo_slow(server: RunningServer) -> EchoBackend:
     return backend
 
 
-def test_client_disconnect_mid_stream_frees_the_generation(server: RunningServer, admin_key: str) -> None:
+def test_client_disconnect_mid_stream_frees_the_generation(
+    server: RunningServer, admin_key: str
+) -> None:
     backend = _echo_slow(server)
     started_before = backend.started_generations
     words = " ".join(f"w{i}" for i in range(400))  # 20 tokens/s: 20 s if nobody stops it
-    body = orjson.dumps({"model": "echo-slow", "stream": True, "messages": [{"role": "user", "content": words}]})
+    body = orjson.dumps(
+        {"model": "echo-slow", "stream": True, "messages": [{"role": "user", "content": words}]}
+    )
     request = (
         f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {admin_key}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

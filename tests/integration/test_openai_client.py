@@ -6,13 +6,14 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-
 from tests.support.servers import RunningServer
 
 
 @pytest.fixture(scope="module")
 def client(server: RunningServer, admin_key: str) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(api_key=admin_key, base_url=server.base_url + "/v1", max_retries=0) as client:
+    with openai.OpenAI(
+        api_key=admin_key, base_url=server.base_url + "/v1", max_retries=0
+    ) as client:
         yield client
 
 
@@ -51,7 +52,9 @@ def test_chat_completion_echoes_the_last_user_message(client: openai.OpenAI) -> 
 
 def test_chat_max_tokens_and_stop(client: openai.OpenAI) -> None:
     long = client.chat.completions.create(
-        model="echo", messages=[{"role": "user", "content": "one two three four five"}], max_tokens=2
+        model="echo",
+        messages=[{"role": "user", "content": "one two three four five"}],
+        max_tokens=2,
     )
     assert long.choices[0].message.content == "one two "
     assert long.choices[0].finish_reason == "length"
@@ -72,7 +75,9 @@ def test_chat_stream_delivers_deltas_and_final_usage(client: openai.OpenAI) -> N
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "stream these four words"
-    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finishes == ["stop"]
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
@@ -114,7 +119,8 @@ def test_image_parts_pass_only_to_vision_models(client: openai.OpenAI) -> None:
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
     ]
     answer = client.chat.completions.create(
-        model="echo-vision", messages=[{"role": "user", "content": parts}]  # type: ignore[list-item]
+        model="echo-vision",
+        messages=[{"role": "user", "content": parts}],  # type: ignore[list-item]
     )
     assert answer.choices[0].message.content == "what is this?"
     with pytest.raises(openai.BadRequestError) as refused:
@@ -134,10 +140,14 @@ def test_weighted_instances_share_traffic_by_weight(client: openai.OpenAI) -> No
 
 def test_error_types_map_to_openai_exceptions(server: RunningServer, client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as missing:
-        client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "x"}]
+        )
     assert missing.value.code == "model_not_found"
     with pytest.raises(openai.BadRequestError) as bad:
-        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "x"}], n=2)
+        client.chat.completions.create(
+            model="echo", messages=[{"role": "user", "content": "x"}], n=2
+        )
     assert bad.value.code == "unsupported_value" and bad.value.param == "n"
     with pytest.raises(openai.BadRequestError) as bad_temperature:
         client.chat.completions.create(
@@ -145,9 +155,13 @@ def test_error_types_map_to_openai_exceptions(server: RunningServer, client: ope
         )
     assert bad_temperature.value.param == "temperature"
     with pytest.raises(openai.InternalServerError) as broken:
-        client.chat.completions.create(model="echo-broken", messages=[{"role": "user", "content": "x"}])
+        client.chat.completions.create(
+            model="echo-broken", messages=[{"role": "user", "content": "x"}]
+        )
     assert broken.value.status_code == 500 and broken.value.code == "backend_error"
-    stranger = openai.OpenAI(api_key="sk-agl-not-a-real-key", base_url=server.base_url + "/v1", max_retries=0)
+    stranger = openai.OpenAI(
+        api_key="sk-agl-not-a-real-key", base_url=server.base_url + "/v1", max_retries=0
+    )
     with pytest.raises(openai.AuthenticationError):
         stranger.models.list()
     stranger.close()

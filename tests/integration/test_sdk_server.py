@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import pytest
-
-from openautoglm import AsyncGLMClient, GLMClient
 from tests.support.servers import RunningServer
 
+from openautoglm import AsyncGLMClient, GLMClient
 
-def test_generate_on_the_demo_model_returns_text(server: RunningServer, admin_key: str, demo_gguf: object) -> None:
+
+def test_generate_on_the_demo_model_returns_text(
+    server: RunningServer, admin_key: str, demo_gguf: object
+) -> None:
     with GLMClient(api_key=admin_key, base_url=server.base_url) as client:
         result = client.generate(
-            "请生成一份季度销售趋势摘要", context_id="ctx_2024_q3_sales", temperature=0.7, max_tokens=64
+            "请生成一份季度销售趋势摘要",
+            context_id="ctx_2024_q3_sales",
+            temperature=0.7,
+            max_tokens=64,
         )
     assert result.text.strip(), "the demo model must answer with text"
     assert result.id and result.context_id == "ctx_2024_q3_sales"
@@ -31,7 +36,10 @@ def test_sdk_chat_stream_and_errors_against_echo(server: RunningServer, admin_ke
         assert "".join(deltas) == "one two three" and len(deltas) == 3
         with pytest.raises(NotFoundError):
             client.generate("x", model="missing-model")
-    with GLMClient(api_key="sk-agl-wrong", base_url=server.base_url) as stranger, pytest.raises(AuthenticationError):
+    with (
+        GLMClient(api_key="sk-agl-wrong", base_url=server.base_url) as stranger,
+        pytest.raises(AuthenticationError),
+    ):
         stranger.generate("x", model="echo")
 
 

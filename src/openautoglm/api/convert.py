@@ -35,14 +35,18 @@ def _params(body: _Sampling, max_tokens: int | None) -> SamplingParams:
 def _context_id(body: _Sampling, headers: Headers) -> str | None:
     header = headers.get("x-autoglm-context-id")
     if header is not None and not 0 < len(header) <= 200:
-        raise InvalidRequestError("X-AutoGLM-Context-Id must be 1-200 characters", param="context_id")
+        raise InvalidRequestError(
+            "X-AutoGLM-Context-Id must be 1-200 characters", param="context_id"
+        )
     return body.context_id or header
 
 
 def _require_single_choice(n: int) -> None:
     if n != 1:
         raise InvalidRequestError(
-            "Only n=1 is supported; ask again for more choices.", code="unsupported_value", param="n"
+            "Only n=1 is supported; ask again for more choices.",
+            code="unsupported_value",
+            param="n",
         )
 
 
@@ -53,13 +57,17 @@ def _message(message: ChatMessage) -> Message:
     parts = tuple(
         ContentPart(type="text", text=part.text)
         if isinstance(part, TextPart)
-        else ContentPart(type="image_url", image_url=part.image_url.url, detail=part.image_url.detail)
+        else ContentPart(
+            type="image_url", image_url=part.image_url.url, detail=part.image_url.detail
+        )
         for part in content
     )
     return Message(role=message.role, content=parts, name=message.name)
 
 
-def chat_request(body: ChatCompletionRequest, request_id: str, headers: Headers) -> GenerationRequest:
+def chat_request(
+    body: ChatCompletionRequest, request_id: str, headers: Headers
+) -> GenerationRequest:
     _require_single_choice(body.n)
     return GenerationRequest(
         request_id=request_id,
@@ -73,13 +81,17 @@ def chat_request(body: ChatCompletionRequest, request_id: str, headers: Headers)
     )
 
 
-def completion_request(body: CompletionRequest, request_id: str, headers: Headers) -> GenerationRequest:
+def completion_request(
+    body: CompletionRequest, request_id: str, headers: Headers
+) -> GenerationRequest:
     _require_single_choice(body.n)
     prompt = body.prompt
     if isinstance(prompt, list):
         if len(prompt) != 1:
             raise InvalidRequestError(
-                "Only one prompt per request is supported.", code="unsupported_value", param="prompt"
+                "Only one prompt per request is supported.",
+                code="unsupported_value",
+                param="prompt",
             )
         prompt = prompt[0]
     return GenerationRequest(

@@ -14,10 +14,9 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from openautoglm.api.errors import error_payload
 from openautoglm.core.errors import PayloadTooLargeError
 from openautoglm.core.ids import new_request_id
-
-from openautoglm.api.errors import error_payload
 
 _CLIENT_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 

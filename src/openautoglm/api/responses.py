@@ -99,7 +99,9 @@ def generation(meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
 ChunkEncoder = Callable[[Chunk], Iterable[dict[str, Any]]]
 
 
-def chat_chunk_encoder(meta: ResponseMeta, include_usage: bool) -> tuple[list[dict[str, Any]], ChunkEncoder]:
+def chat_chunk_encoder(
+    meta: ResponseMeta, include_usage: bool
+) -> tuple[list[dict[str, Any]], ChunkEncoder]:
     """The opening event (assistant role) and an encoder for the rest of a chat stream."""
 
     def event(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
@@ -123,12 +125,18 @@ def chat_chunk_encoder(meta: ResponseMeta, include_usage: bool) -> tuple[list[di
         if chunk.finish_reason is not None:
             yield event({}, chunk.finish_reason)
             if include_usage:
-                yield {**event({}, None), "choices": [], "usage": usage_dict(chunk.usage or Usage())}
+                yield {
+                    **event({}, None),
+                    "choices": [],
+                    "usage": usage_dict(chunk.usage or Usage()),
+                }
 
     return [event({"role": "assistant", "content": ""}, None)], encode
 
 
-def text_chunk_encoder(meta: ResponseMeta, include_usage: bool) -> tuple[list[dict[str, Any]], ChunkEncoder]:
+def text_chunk_encoder(
+    meta: ResponseMeta, include_usage: bool
+) -> tuple[list[dict[str, Any]], ChunkEncoder]:
     """Encoder for a legacy completions stream (no opening event)."""
 
     def event(text: str, finish_reason: str | None) -> dict[str, Any]:
@@ -152,13 +160,19 @@ def text_chunk_encoder(meta: ResponseMeta, include_usage: bool) -> tuple[list[di
         if chunk.finish_reason is not None:
             yield event("", chunk.finish_reason)
             if include_usage:
-                yield {**event("", None), "choices": [], "usage": usage_dict(chunk.usage or Usage())}
+                yield {
+                    **event("", None),
+                    "choices": [],
+                    "usage": usage_dict(chunk.usage or Usage()),
+                }
 
     return [], encode
 
 
-def generation_chunk_encoder(meta: ResponseMeta) -> tuple[list[dict[str, Any]], ChunkEncoder]:
-    """Encoder for a native generate stream: text deltas, usage on the last event."""
+def generation_chunk_encoder(
+    meta: ResponseMeta, _include_usage: bool = True
+) -> tuple[list[dict[str, Any]], ChunkEncoder]:
+    """Encoder for a native generate stream: text deltas, usage always on the last event."""
 
     def encode(chunk: Chunk) -> Iterable[dict[str, Any]]:
         if chunk.text or chunk.finish_reason is not None:

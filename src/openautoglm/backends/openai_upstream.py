@@ -1,17 +1,18 @@
 """The ``openai`` backend: any OpenAI-compatible upstream (vLLM, SGLang, TGI, Ollama, llama.cpp
 server, Zhipu, OpenAI).
 
-Connections are pooled (one aiohttp session per instance, at most ``max_concurrency`` open).
+Connections are pooled (one aiohttp session per instance, at most ``max_concurrency`` open);
+``timeout_s`` bounds each wait for the upstream's next bytes, so long streams are not cut.
 Streams are passed through chunk by chunk, never buffered; closing the stream closes the upstream
 connection, so the upstream stops generating. Upstream failures become our errors: 4xx validation
 → 400, 429 → 429 (``Retry-After`` kept), auth/other 4xx and 5xx → 502, 503 → 503, unreachable →
-503, timeout → 504.
+503, timeout → 504, an answer broken off mid-way → 502.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -62,9 +63,15 @@ class OpenAIUpstreamBackend:
             headers["Authorization"] = f"Bearer {self._config.api_key}"
         self._session = aiohttp.ClientSession(
             headers=headers,
-            connector=aiohttp.TCPConnector(limit=self._config.max_concurrency, keepalive_timeout=60),
+            connector=aiohttp.TCPConnector(
+                limit=self._config.max_concurrency, keepalive_timeout=60
+            ),
+            # timeout_s bounds each wait for upstream bytes, not the whole answer: a long
+            # stream that keeps sending must not be cut off.
             timeout=aiohttp.ClientTimeout(
-                total=self._config.timeout_s, sock_connect=self._config.connect_timeout_s
+                total=None,
+                sock_connect=self._config.connect_timeout_s,
+                sock_read=self._config.timeout_s,
             ),
             json_serialize=lambda value: orjson.dumps(value).decode(),
         )
@@ -79,8 +86,9 @@ class OpenAIUpstreamBackend:
             async with self._client.get(
                 f"{self._base_url}/models", timeout=aiohttp.ClientTimeout(total=2)
             ) as response:
-                return response.status < 500
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+                # 401/403: our credentials are wrong, so nothing we send would be served.
+                return response.status < 500 and response.status not in (401, 403)
+        except (TimeoutError, aiohttp.ClientError):
             return False
 
     def metrics(self) -> dict[str, float]:
@@ -95,7 +103,7 @@ class OpenAIUpstreamBackend:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         path = "/chat/completions" if request.kind == "chat" else "/completions"
         body = self._request_body(request)
-        try:
+        with self._upstream_errors():
             async with self._client.post(
                 self._base_url + path, data=orjson.dumps(body), headers=_JSON
             ) as response:
@@ -106,34 +114,42 @@ class OpenAIUpstreamBackend:
                         yield chunk
                 else:
                     yield _parse_completion(await response.read(), request.kind)
-        except aiohttp.ClientConnectionError as exc:
-            raise ServiceUnavailableError(
-                f"upstream {self._base_url} is unreachable: {exc}", code="upstream_unreachable"
-            ) from exc
-        except asyncio.TimeoutError as exc:
-            raise DeadlineExceededError(
-                f"upstream {self._base_url} did not answer in time", code="upstream_timeout"
-            ) from exc
 
     async def embed(self, inputs: Sequence[str]) -> Embeddings:
         body = {"model": self._upstream_model, "input": list(inputs)}
-        try:
+        with self._upstream_errors():
             async with self._client.post(
                 self._base_url + "/embeddings", data=orjson.dumps(body), headers=_JSON
             ) as response:
                 if response.status >= 400:
                     raise await _upstream_error(response)
                 payload = _load(await response.read())
-        except aiohttp.ClientConnectionError as exc:
-            raise ServiceUnavailableError(f"upstream unreachable: {exc}") from exc
-        except asyncio.TimeoutError as exc:
-            raise DeadlineExceededError("upstream did not answer in time") from exc
         try:
             rows = sorted(payload["data"], key=lambda row: row.get("index", 0))
             vectors = tuple(tuple(float(v) for v in row["embedding"]) for row in rows)
         except (KeyError, TypeError, ValueError) as exc:
             raise UpstreamError("upstream sent a malformed embeddings response") from exc
         return Embeddings(vectors=vectors, usage=_usage(payload.get("usage")) or Usage())
+
+    @contextmanager
+    def _upstream_errors(self) -> Iterator[None]:
+        """Turn transport failures into our errors (the body's own errors are mapped apart)."""
+        try:
+            yield
+        # aiohttp's read timeouts are connection errors too, so timeouts are caught first.
+        except TimeoutError as exc:
+            raise DeadlineExceededError(
+                f"upstream {self._base_url} sent nothing for {self._config.timeout_s} s",
+                code="upstream_timeout",
+            ) from exc
+        except aiohttp.ClientConnectionError as exc:
+            raise ServiceUnavailableError(
+                f"upstream {self._base_url} is unreachable: {exc}", code="upstream_unreachable"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError(
+                f"upstream {self._base_url} broke off its answer: {exc}", code="upstream_error"
+            ) from exc
 
     def _request_body(self, request: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self._upstream_model, "stream": request.stream}
@@ -205,7 +221,9 @@ def _choice_text(choice: dict[str, Any], kind: str, streamed: bool) -> str:
 
 
 def _finish(reason: Any) -> Any:
-    return reason if reason in ("stop", "length", "content_filter") else ("stop" if reason else None)
+    return (
+        reason if reason in ("stop", "length", "content_filter") else ("stop" if reason else None)
+    )
 
 
 def _parse_completion(raw: bytes, kind: str) -> Chunk:
@@ -267,7 +285,9 @@ async def _upstream_error(response: aiohttp.ClientResponse) -> OpenAutoGLMError:
     if status == 429:
         return RateLimitError(detail, code="upstream_rate_limited", retry_after_s=retry_after)
     if status == 503:
-        return ServiceUnavailableError(detail, code="upstream_unavailable", retry_after_s=retry_after)
+        return ServiceUnavailableError(
+            detail, code="upstream_unavailable", retry_after_s=retry_after
+        )
     if status == 504:
         return DeadlineExceededError(detail, code="upstream_timeout")
     return UpstreamError(detail)

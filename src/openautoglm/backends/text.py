@@ -7,7 +7,9 @@ import re
 from openautoglm.core.types import GenerationRequest
 
 # A CJK character is roughly one token; a Latin word is roughly one token.
-_PIECE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+\s*|\s+")
+_PIECE = re.compile(
+    r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\s\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+\s*|\s+"
+)
 
 
 def split_words(text: str) -> list[str]:

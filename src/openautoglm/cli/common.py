@@ -15,7 +15,11 @@ err = Console(stderr=True)
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="YAML config file (default: $AUTOGLM_CONFIG)", exists=True, dir_okay=False
+        "--config",
+        "-c",
+        help="YAML config file (default: $AUTOGLM_CONFIG)",
+        exists=True,
+        dir_okay=False,
     ),
 ]
 

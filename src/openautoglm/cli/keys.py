@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -23,7 +22,15 @@ from openautoglm.tenancy.service import DEFAULT_TENANT, TenancyService
 app = typer.Typer(help="Create and list API keys.", no_args_is_help=True)
 out = Console()
 
-async def _issue(settings: Settings, tenant: str, role: Role, name: str, models: tuple[str, ...] | None, expires_days: float | None) -> IssuedKey:
+
+async def _issue(
+    settings: Settings,
+    tenant: str,
+    role: Role,
+    name: str,
+    models: tuple[str, ...] | None,
+    expires_days: float | None,
+) -> IssuedKey:
     engine = await open_database(settings.resolved_database_url)
     try:
         clock = SystemClock()
@@ -41,18 +48,26 @@ def create(
     tenant: Annotated[str, typer.Option(help="tenant name")] = DEFAULT_TENANT,
     role: Annotated[Role, typer.Option(help="role of the key")] = Role.DEVELOPER,
     name: Annotated[str, typer.Option(help="a label for the key")] = "",
-    models: Annotated[str | None, typer.Option(help="comma-separated models the key may use")] = None,
-    expires_days: Annotated[float | None, typer.Option(min=0.001, help="expire after N days")] = None,
+    models: Annotated[
+        str | None, typer.Option(help="comma-separated models the key may use")
+    ] = None,
+    expires_days: Annotated[
+        float | None, typer.Option(min=0.001, help="expire after N days")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Issue a key; the secret is printed once and never stored."""
     allowed = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
     try:
-        issued = asyncio.run(_issue(settings_or_exit(config), tenant, role, name, allowed, expires_days))
+        issued = asyncio.run(
+            _issue(settings_or_exit(config), tenant, role, name, allowed, expires_days)
+        )
     except OpenAutoGLMError as exc:
         err.print(f"[red]error:[/red] {exc.message}")
         raise typer.Exit(1) from exc
-    err.print(f"Created key {issued.key.id} ({issued.key.role.value}) for tenant '{tenant}'. Shown once:")
+    err.print(
+        f"Created key {issued.key.id} ({issued.key.role.value}) for tenant '{tenant}'. Shown once:"
+    )
     print(issued.secret)
 
 
@@ -68,7 +83,9 @@ async def _list(settings: Settings, tenant: str) -> list[list[str]]:
             state = "revoked" if key.revoked_at else "active"
             models = ",".join(key.allowed_models) if key.allowed_models is not None else "*"
             expires = key.expires_at.isoformat(timespec="seconds") if key.expires_at else "-"
-            rows.append([key.id, key.prefix + "…", key.role.value, key.name, models, expires, state])
+            rows.append(
+                [key.id, key.prefix + "…", key.role.value, key.name, models, expires, state]
+            )
         return rows
     finally:
         await engine.dispose()

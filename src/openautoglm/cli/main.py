@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,6 +14,7 @@ from openautoglm.cli.common import ConfigOption, err, settings_or_exit
 
 app = typer.Typer(help="Open-AutoGLM: a self-hosted enterprise LLM engine.", no_args_is_help=True)
 app.add_typer(keys.app, name="keys")
+
 
 @app.command()
 def version() -> None:
@@ -34,10 +34,16 @@ def serve(
 
     settings = settings_or_exit(config)
     server = settings.server.model_copy(
-        update={k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None}
+        update={
+            k: v
+            for k, v in {"host": host, "port": port, "workers": workers}.items()
+            if v is not None
+        }
     )
     settings = settings.model_copy(update={"server": server})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     common = {
         "host": server.host,
         "port": server.port,
@@ -68,5 +74,3 @@ def serve(
 
 def main() -> None:
     app()
-
-

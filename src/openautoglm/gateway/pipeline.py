@@ -80,7 +80,9 @@ class Gateway:
             )
         return model.pick()
 
-    async def complete(self, principal: Principal, request: GenerationRequest) -> tuple[Instance, Completion]:
+    async def complete(
+        self, principal: Principal, request: GenerationRequest
+    ) -> tuple[Instance, Completion]:
         """Run a request to the end and return the whole answer."""
         instance = self.route(principal, request)
         started = time.perf_counter()
@@ -108,7 +110,9 @@ class Gateway:
             raise
         return OpenStream(instance=instance, first=first, rest=stream)
 
-    async def embed(self, principal: Principal, model_name: str, inputs: Sequence[str]) -> tuple[Instance, Embeddings]:
+    async def embed(
+        self, principal: Principal, model_name: str, inputs: Sequence[str]
+    ) -> tuple[Instance, Embeddings]:
         model = self._authorised_model(principal, model_name)
         if not model.capabilities.embeddings:
             raise InvalidRequestError(
@@ -129,7 +133,9 @@ class Gateway:
             raise model_not_found(model.name)
         return model
 
-    async def _observed(self, instance: Instance, chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    async def _observed(
+        self, instance: Instance, chunks: AsyncIterator[Chunk]
+    ) -> AsyncIterator[Chunk]:
         started = time.perf_counter()
         outcome, usage = "cancelled", None
         instance.in_flight += 1

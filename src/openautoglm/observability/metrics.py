@@ -69,7 +69,9 @@ class GatewayMetrics:
         )
         self.registry.register(_InstanceCollector(instances))
 
-    def observe(self, instance: Instance, outcome: str, duration_s: float, usage: Usage | None) -> None:
+    def observe(
+        self, instance: Instance, outcome: str, duration_s: float, usage: Usage | None
+    ) -> None:
         """Record one finished (or failed, or cancelled) request."""
         self._requests.labels(instance.model, instance.name, outcome).inc()
         self._latency.labels(instance.model).observe(duration_s)

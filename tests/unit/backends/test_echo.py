@@ -13,7 +13,9 @@ from openautoglm.core.types import GenerationRequest, Message, SamplingParams
 
 def chat(text: str, **params: object) -> GenerationRequest:
     return GenerationRequest(
-        request_id="r", model="echo", kind="chat",
+        request_id="r",
+        model="echo",
+        kind="chat",
         messages=(Message(role="system", content="sys"), Message(role="user", content=text)),
         params=SamplingParams(**params),  # type: ignore[arg-type]
     )
@@ -21,14 +23,20 @@ def chat(text: str, **params: object) -> GenerationRequest:
 
 async def test_streams_words_and_cjk_characters() -> None:
     backend = EchoBackend(InstanceConfig(backend="echo"))
-    pieces = [chunk.text async for chunk in backend.generate(chat("hello world 你好")) if chunk.text]
+    pieces = [
+        chunk.text async for chunk in backend.generate(chat("hello world 你好")) if chunk.text
+    ]
     assert pieces == ["hello ", "world ", "你", "好"]
 
 
 async def test_max_tokens_stop_and_usage() -> None:
     backend = EchoBackend(InstanceConfig(backend="echo"))
     limited = await collect(backend.generate(chat("a b c d", max_tokens=2)))
-    assert (limited.text, limited.finish_reason, limited.usage.completion_tokens) == ("a b ", "length", 2)
+    assert (limited.text, limited.finish_reason, limited.usage.completion_tokens) == (
+        "a b ",
+        "length",
+        2,
+    )
     stopped = await collect(backend.generate(chat("a b c d", stop=("c",))))
     assert (stopped.text, stopped.finish_reason) == ("a b ", "stop")
     assert stopped.usage.prompt_tokens == 5  # "sys" + 4 words

@@ -63,7 +63,9 @@ def test_config_path_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
     assert load_settings().default_model == "echo"
 
 
-def test_default_database_is_sqlite_in_the_data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_database_is_sqlite_in_the_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AUTOGLM_DATA_DIR", str(tmp_path))
     monkeypatch.delenv("AUTOGLM_DATABASE_URL", raising=False)
     assert load_settings().resolved_database_url == f"sqlite+aiosqlite:///{tmp_path / 'autoglm.db'}"
@@ -72,7 +74,9 @@ def test_default_database_is_sqlite_in_the_data_dir(tmp_path: Path, monkeypatch:
 def test_env_reference_defaults_and_missing(tmp_path: Path) -> None:
     path = write(tmp_path, "redis_url: ${REDIS:-redis://127.0.0.1:6379/0}\n")
     assert load_settings(path, environ={}).redis_url == "redis://127.0.0.1:6379/0"
-    missing = write(tmp_path, "models: [{name: m, backend: openai, base_url: x, api_key: '${NOPE}'}]\n")
+    missing = write(
+        tmp_path, "models: [{name: m, backend: openai, base_url: x, api_key: '${NOPE}'}]\n"
+    )
     with pytest.raises(ConfigError, match="NOPE"):
         load_settings(missing, environ={})
 
@@ -101,7 +105,10 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_instances_inherit_model_keys_but_may_override() -> None:
     model = ModelConfig(
-        name="pool", backend="openai", base_url="http://a/v1", timeout_s=5,
+        name="pool",
+        backend="openai",
+        base_url="http://a/v1",
+        timeout_s=5,
         instances=[{"name": "x"}, {"name": "y", "base_url": "http://b/v1"}],  # type: ignore[list-item]
     )
     x, y = model.resolved_instances()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, text
+from tests.support.databases import database_url
 
 from openautoglm.store.database import create_engine, migrate, open_database
-from tests.support.databases import database_url
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])

@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from tests.support.databases import database_url
 
 from openautoglm.core.clock import ManualClock
 from openautoglm.core.errors import ConflictError
@@ -15,7 +16,6 @@ from openautoglm.store.database import open_database
 from openautoglm.store.tenancy_sql import SqlTenancyStore
 from openautoglm.tenancy.model import ApiKey, Role, Tenant
 from openautoglm.tenancy.ports import InMemoryTenancyStore, TenancyStore
-from tests.support.databases import database_url
 
 clock = ManualClock()
 

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from tests.support.databases import database_url
 
 from openautoglm.core.clock import ManualClock
 from openautoglm.core.errors import AuthenticationError, NotFoundError
@@ -16,7 +17,6 @@ from openautoglm.tenancy.keys import KEY_PREFIX, hash_secret
 from openautoglm.tenancy.model import Role
 from openautoglm.tenancy.ports import InMemoryTenancyStore
 from openautoglm.tenancy.service import DEFAULT_TENANT, TenancyService
-from tests.support.databases import database_url
 
 
 class CountingStore(InMemoryTenancyStore):
@@ -70,7 +70,10 @@ async def test_authentication_caches_lookups_and_checks_expiry() -> None:
     service = TenancyService(store, clock)
     await service.bootstrap()
     issued = await service.issue_key(
-        DEFAULT_TENANT, Role.DEVELOPER, allowed_models=("echo",), expires_at=clock.now() + timedelta(hours=1)
+        DEFAULT_TENANT,
+        Role.DEVELOPER,
+        allowed_models=("echo",),
+        expires_at=clock.now() + timedelta(hours=1),
     )
     auth = Authenticator(store, clock, cache_ttl_s=5)
     principal = await auth.authenticate(issued.secret)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import struct
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
@@ -16,6 +18,7 @@ from starlette.responses import Response
 
 from openautoglm.api import convert, responses
 from openautoglm.api.context import api_key_of, request_id_of, services_of, unix_time
+from openautoglm.api.responses import ChunkEncoder
 from openautoglm.api.schemas import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -24,12 +27,13 @@ from openautoglm.api.schemas import (
     GenerateRequest,
     Generation,
     ModelList,
+    StreamOptions,
 )
 from openautoglm.api.streaming import sse_response
 from openautoglm.core.errors import InvalidRequestError
-from openautoglm.core.types import GenerationRequest
+from openautoglm.core.types import Completion, GenerationRequest
 from openautoglm.gateway.pipeline import Gateway
-from openautoglm.routing.catalog import model_not_found
+from openautoglm.routing.catalog import Instance, model_not_found
 from openautoglm.tenancy.model import Principal
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -59,14 +63,51 @@ async def _start(request: Request) -> tuple[Gateway, Principal, bytes]:
     return gateway, principal, await request.body()
 
 
-def _meta(prefix: str, generation: GenerationRequest, instance_name: str, request_id: str) -> responses.ResponseMeta:
-    return responses.ResponseMeta(
-        id=f"{prefix}{request_id}",
-        created=unix_time(),
-        model=generation.model,
-        instance=instance_name,
-        context_id=generation.context_id,
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """How one endpoint answers: id prefix, whole-answer body, stream encoder."""
+
+    id_prefix: str
+    whole: Callable[[responses.ResponseMeta, Completion], dict[str, Any]]
+    stream: Callable[[responses.ResponseMeta, bool], tuple[list[dict[str, Any]], ChunkEncoder]]
+
+
+_CHAT = _Shape("chatcmpl-", responses.chat_completion, responses.chat_chunk_encoder)
+_TEXT = _Shape("cmpl-", responses.text_completion, responses.text_chunk_encoder)
+_NATIVE = _Shape("gen-", responses.generation, responses.generation_chunk_encoder)
+
+
+async def _answer(
+    request: Request,
+    gateway: Gateway,
+    principal: Principal,
+    generation: GenerationRequest,
+    shape: _Shape,
+    include_usage: bool = False,
+) -> Response:
+    """Run ``generation`` and answer in ``shape``: one JSON body, or an SSE stream."""
+
+    def meta(instance: Instance) -> responses.ResponseMeta:
+        return responses.ResponseMeta(
+            id=shape.id_prefix + request_id_of(request),
+            created=unix_time(),
+            model=generation.model,
+            instance=instance.name,
+            context_id=generation.context_id,
+        )
+
+    if generation.stream:
+        opened = await gateway.open_stream(principal, generation)
+        preamble, encode = shape.stream(meta(opened.instance), include_usage)
+        return sse_response(opened, preamble, encode, responses.model_headers(opened.instance))
+    instance, completion = await gateway.complete(principal, generation)
+    return responses.json_response(
+        shape.whole(meta(instance), completion), responses.model_headers(instance)
     )
+
+
+def _include_usage(options: StreamOptions | None) -> bool:
+    return bool(options and options.include_usage)
 
 
 @router.post(
@@ -78,16 +119,8 @@ async def create_chat_completion(request: Request) -> Response:
     gateway, principal, raw = await _start(request)
     body = ChatCompletionRequest.model_validate_json(raw)
     generation = convert.chat_request(body, request_id_of(request), request.headers)
-    if generation.stream:
-        opened = await gateway.open_stream(principal, generation)
-        meta = _meta("chatcmpl-", generation, opened.instance.name, request_id_of(request))
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        preamble, encode = responses.chat_chunk_encoder(meta, include_usage)
-        return sse_response(opened, preamble, encode, responses.model_headers(opened.instance))
-    instance, completion = await gateway.complete(principal, generation)
-    meta = _meta("chatcmpl-", generation, instance.name, request_id_of(request))
-    return responses.json_response(
-        responses.chat_completion(meta, completion), responses.model_headers(instance)
+    return await _answer(
+        request, gateway, principal, generation, _CHAT, _include_usage(body.stream_options)
     )
 
 
@@ -100,16 +133,8 @@ async def create_completion(request: Request) -> Response:
     gateway, principal, raw = await _start(request)
     body = CompletionRequest.model_validate_json(raw)
     generation = convert.completion_request(body, request_id_of(request), request.headers)
-    if generation.stream:
-        opened = await gateway.open_stream(principal, generation)
-        meta = _meta("cmpl-", generation, opened.instance.name, request_id_of(request))
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        preamble, encode = responses.text_chunk_encoder(meta, include_usage)
-        return sse_response(opened, preamble, encode, responses.model_headers(opened.instance))
-    instance, completion = await gateway.complete(principal, generation)
-    meta = _meta("cmpl-", generation, instance.name, request_id_of(request))
-    return responses.json_response(
-        responses.text_completion(meta, completion), responses.model_headers(instance)
+    return await _answer(
+        request, gateway, principal, generation, _TEXT, _include_usage(body.stream_options)
     )
 
 
@@ -125,16 +150,7 @@ async def generate(request: Request) -> Response:
     generation = convert.generate_request(
         body, request_id_of(request), request.headers, gateway.catalog.default_model
     )
-    if generation.stream:
-        opened = await gateway.open_stream(principal, generation)
-        meta = _meta("gen-", generation, opened.instance.name, request_id_of(request))
-        preamble, encode = responses.generation_chunk_encoder(meta)
-        return sse_response(opened, preamble, encode, responses.model_headers(opened.instance))
-    instance, completion = await gateway.complete(principal, generation)
-    meta = _meta("gen-", generation, instance.name, request_id_of(request))
-    return responses.json_response(
-        responses.generation(meta, completion), responses.model_headers(instance)
-    )
+    return await _answer(request, gateway, principal, generation, _NATIVE)
 
 
 @router.post(
