@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 from tests.support.servers import free_port
 
-from openautoglm import __version__
+from openautoglm.core.version import __version__
 
 AUTOGLM = [sys.executable, "-m", "openautoglm.cli"]
 

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 
-from openautoglm import __version__
+from openautoglm.core.version import __version__
 from openautoglm.api.errors import install_error_handlers
 from openautoglm.api.middleware import RequestContextMiddleware
 from openautoglm.api.routes import health, inference

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from openautoglm import __version__
+from openautoglm.core.version import __version__
 from openautoglm.cli import keys
 from openautoglm.cli.common import ConfigOption, err, settings_or_exit
 
