@@ -15,11 +15,11 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 
-from openautoglm.core.version import __version__
 from openautoglm.api.errors import install_error_handlers
 from openautoglm.api.middleware import RequestContextMiddleware
 from openautoglm.api.routes import health, inference
 from openautoglm.config.settings import Settings, load_settings
+from openautoglm.core.version import __version__
 from openautoglm.services import ADMIN_KEY_FILE, Services, build_services
 
 

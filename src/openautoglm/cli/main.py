@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from openautoglm.core.version import __version__
 from openautoglm.cli import keys
 from openautoglm.cli.common import ConfigOption, err, settings_or_exit
+from openautoglm.core.version import __version__
 
 app = typer.Typer(help="Open-AutoGLM: a self-hosted enterprise LLM engine.", no_args_is_help=True)
 app.add_typer(keys.app, name="keys")

@@ -1,0 +1,375 @@
+"""The ``transformers`` backend: a Hugging Face causal LM (HF folder or GGUF) run in this process.
+
+Nothing is downloaded (``local_files_only``); torch and transformers are imported by ``start()``.
+Invariants: the event loop never runs model code (loading in ``asyncio.to_thread``, the rest in one
+model thread, so one request uses the model at a time, first come first served); an abandoned
+stream stops decoding at the next token, and its model work is over once the generator has closed;
+streamed text never holds an incomplete character or a stop string; sampling uses a generator of
+each request's own, so a ``seed`` reproduces an answer and the global torch RNG is left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import random
+import threading
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from openautoglm.backends.base import embeddings_unsupported
+from openautoglm.backends.detokenize import IncrementalDetokenizer
+from openautoglm.config.settings import ConfigError, InstanceConfig
+from openautoglm.core.errors import (
+    BackendFailure,
+    InvalidRequestError,
+    OpenAutoGLMError,
+    ServiceUnavailableError,
+)
+from openautoglm.core.types import (
+    Capabilities,
+    Chunk,
+    Embeddings,
+    FinishReason,
+    GenerationRequest,
+    Usage,
+)
+
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+def resolve_weights(config: InstanceConfig) -> tuple[Path, str | None]:
+    """The folder to load from and, for GGUF weights, the file name inside it."""
+    if not config.model_path:
+        raise ConfigError("backend 'transformers' needs model_path")
+    path = Path(config.model_path).expanduser()
+    if path.is_file():
+        return path.parent, path.name
+    if not path.is_dir():
+        raise ConfigError(f"model_path {path} does not exist")
+    if config.gguf_file:
+        if not (path / config.gguf_file).is_file():
+            raise ConfigError(f"gguf_file {config.gguf_file} not found in {path}")
+        return path, config.gguf_file
+    ggufs = sorted(p.name for p in path.glob("*.gguf"))
+    if not (path / "config.json").is_file() and len(ggufs) == 1:
+        return path, ggufs[0]
+    return path, None
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    """One generation handed to the model thread; ``queue`` gets text deltas, then ``None``."""
+
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[str | None]
+    seed: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def post(self, item: str | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            self.cancel.set()
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: FinishReason
+    cancelled: bool = False
+
+
+class _Engine:
+    """The loaded model and tokenizer; every method runs in the model thread."""
+
+    def __init__(self, torch: Any, model: Any, tokenizer: Any, context_length: int) -> None:
+        self.torch = torch
+        self.model = model
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+        eos = model.generation_config.eos_token_id
+        eos = tokenizer.eos_token_id if eos is None else eos
+        self.eos_ids = set(eos) if isinstance(eos, list) else {eos}
+
+    def run(self, job: _Job) -> _Outcome:
+        """Generate for ``job``, posting text deltas and then ``None`` to its queue."""
+        try:
+            return self._run(job)
+        except OpenAutoGLMError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise BackendFailure(f"generation failed: {exc}") from exc
+        finally:
+            job.post(None)
+
+    def _run(self, job: _Job) -> _Outcome:
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        input_ids, attention_mask = self._encode(job.request)
+        prompt_tokens = int(input_ids.shape[-1])
+        room = self.context_length - prompt_tokens
+        if room <= 0:
+            raise InvalidRequestError(
+                f"the prompt has {prompt_tokens} tokens; the context is {self.context_length}",
+                code="context_length_exceeded",
+            )
+        params = job.request.params
+        max_new = min(
+            room, DEFAULT_MAX_NEW_TOKENS if params.max_tokens is None else params.max_tokens
+        )
+        if job.cancel.is_set() or max_new <= 0:
+            return _Outcome(prompt_tokens, 0, "length", cancelled=job.cancel.is_set())
+        streamer = IncrementalDetokenizer(self._decode, job.post, params.stop, job.cancel)
+        output = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            generation_config=self._generation_config(max_new),
+            logits_processor=LogitsProcessorList(self._sampler(job)),
+            stopping_criteria=StoppingCriteriaList([_Cancelled(self.torch, job.cancel)]),
+            streamer=streamer,
+        )
+        new_ids = output[0, prompt_tokens:].tolist()
+        hit_limit = len(new_ids) >= max_new and new_ids[-1] not in self.eos_ids
+        finish: FinishReason = "length" if hit_limit and not streamer.stop_hit else "stop"
+        cancelled = job.cancel.is_set() and not streamer.stop_hit
+        return _Outcome(prompt_tokens, len(new_ids), finish, cancelled=cancelled)
+
+    def _encode(self, request: GenerationRequest) -> tuple[Any, Any]:
+        if request.kind == "chat":
+            messages = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text}
+                for m in request.messages
+            ]
+            encoded = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+            )
+        else:
+            encoded = self.tokenizer(request.prompt, return_tensors="pt")
+        input_ids = encoded["input_ids"]
+        if input_ids.shape[-1] == 0:
+            raise InvalidRequestError("the prompt is empty", param="prompt")
+        device = self.model.device
+        return input_ids.to(device), encoded["attention_mask"].to(device)
+
+    def _decode(self, ids: list[int]) -> str:
+        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return text
+
+    def _generation_config(self, max_new_tokens: int) -> Any:
+        config = copy.deepcopy(self.model.generation_config)
+        # Sampling is done by our own logits processor; generate itself only picks the argmax.
+        config.do_sample = False
+        config.temperature = config.top_p = config.top_k = None
+        config.max_new_tokens = max_new_tokens
+        config.max_length = None
+        return config
+
+    def _sampler(self, job: _Job) -> list[Any]:
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        defaults = self.model.generation_config
+        params = job.request.params
+        temperature = params.temperature
+        do_sample = bool(defaults.do_sample) if temperature is None else temperature > 0
+        if not do_sample:
+            return []
+        temperature = temperature if temperature is not None else (defaults.temperature or 1.0)
+        top_p = params.top_p if params.top_p is not None else defaults.top_p
+        warpers: list[Any] = []
+        if temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(float(temperature)))
+        if defaults.top_k:
+            warpers.append(TopKLogitsWarper(int(defaults.top_k)))
+        if top_p is not None and top_p < 1.0:
+            warpers.append(TopPLogitsWarper(float(top_p)))
+        generator = self.torch.Generator(device=self.model.device).manual_seed(job.seed)
+        return [_Sampler(self.torch, warpers, generator)]
+
+
+class _Cancelled:
+    """Stopping criterion: stop once the job's cancel event is set (consumer gone, stop string)."""
+
+    def __init__(self, torch: Any, event: threading.Event) -> None:
+        self._torch = torch
+        self._event = event
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        stop = self._event.is_set()
+        return self._torch.full((input_ids.shape[0],), stop, device=input_ids.device)
+
+
+class _Sampler:
+    """Logits processor that samples with the request's generator; greedy search then takes it."""
+
+    def __init__(self, torch: Any, warpers: list[Any], generator: Any) -> None:
+        self._torch = torch
+        self._warpers = warpers
+        self._generator = generator
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for warper in self._warpers:
+            scores = warper(input_ids, scores)
+        probs = self._torch.softmax(scores, dim=-1)
+        chosen = self._torch.multinomial(probs, num_samples=1, generator=self._generator)
+        picked = self._torch.full_like(scores, float("-inf"))
+        return picked.scatter_(1, chosen, 0.0)
+
+
+def _load(config: InstanceConfig) -> _Engine:
+    try:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+    except ImportError as exc:
+        raise BackendFailure(
+            f"backend 'transformers' needs torch and transformers ({exc.name} is missing): "
+            "install openautoglm[local]"
+        ) from exc
+    folder, gguf_file = resolve_weights(config)
+    options: dict[str, Any] = {"local_files_only": True}
+    if gguf_file is not None:
+        options["gguf_file"] = gguf_file
+    auto_model: Any = AutoModelForCausalLM
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), **options)
+        model = auto_model.from_pretrained(str(folder), **options)
+    except (OSError, ValueError, ImportError) as exc:  # a missing accelerate is a ValueError
+        raise BackendFailure(f"cannot load model from {folder}: {exc}") from exc
+    model.to(config.device).eval()
+    positions = getattr(model.config, "max_position_embeddings", None)
+    context_length = config.context_length or positions or config.n_ctx
+    return _Engine(torch, model, tokenizer, int(context_length))
+
+
+class TransformersBackend:
+    """In-process Hugging Face causal LM; one generation uses the model at a time."""
+
+    def __init__(
+        self, config: InstanceConfig, model_name: str, *, rng: random.Random | None = None
+    ) -> None:
+        self._config = config
+        self._model_name = model_name
+        self._rng = rng or random.Random()
+        self._engine: _Engine | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._model_free = asyncio.Lock()
+        self._jobs: set[_Job] = set()
+        self.active_generations = 0
+        self._waiting = 0
+        self._totals = dict.fromkeys(
+            ("generations_total", "prompt_tokens_total", "completion_tokens_total"), 0.0
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        engine = self._engine
+        return Capabilities(
+            chat=engine is None or engine.has_chat_template,
+            vision=bool(self._config.vision),
+            context_length=self._config.context_length if engine is None else engine.context_length,
+        )
+
+    @property
+    def model(self) -> Any:
+        """The loaded transformers model (for tools and tests)."""
+        return self._require_engine().model
+
+    @property
+    def tokenizer(self) -> Any:
+        """The loaded tokenizer (for tools and tests)."""
+        return self._require_engine().tokenizer
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        engine = await asyncio.to_thread(_load, self._config)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transformers")
+        self._engine = engine
+
+    async def close(self) -> None:
+        if self._engine is None:
+            return
+        self._engine = None
+        for job in self._jobs:
+            job.cancel.set()
+        async with self._model_free:  # the model thread has finished its last job
+            pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    async def health(self) -> bool:
+        return self._engine is not None
+
+    def metrics(self) -> dict[str, float]:
+        active, waiting = float(self.active_generations), float(self._waiting)
+        return {"active_generations": active, "waiting_generations": waiting, **self._totals}
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
+        engine = self._require_engine()
+        if request.has_images and not self._config.vision:
+            raise InvalidRequestError(f"model '{self._model_name}' does not accept images")
+        if request.kind == "chat" and not engine.has_chat_template:
+            raise InvalidRequestError(
+                f"model '{self._model_name}' has no chat template", code="chat_not_supported"
+            )
+        seed = request.params.seed if request.params.seed is not None else self._rng.getrandbits(63)
+        job = _Job(request, asyncio.get_running_loop(), asyncio.Queue(), seed)
+        self._jobs.add(job)
+        self.active_generations += 1
+        future: asyncio.Future[_Outcome] | None = None
+        try:
+            future = await self._submit(engine, job)
+            while (piece := await job.queue.get()) is not None:
+                yield Chunk(text=piece)
+            await asyncio.wait([future])
+            outcome = future.result()
+            if outcome.cancelled:
+                raise ServiceUnavailableError(f"model '{self._model_name}' is shutting down")
+            usage = Usage(outcome.prompt_tokens, outcome.completion_tokens)
+            yield Chunk(finish_reason=outcome.finish_reason, usage=usage)
+        finally:
+            job.cancel.set()
+            try:
+                if future is not None and not future.done():
+                    await asyncio.wait([future])
+            finally:
+                self._jobs.discard(job)
+                self.active_generations -= 1
+
+    async def embed(self, inputs: Sequence[str]) -> Embeddings:
+        raise embeddings_unsupported(self._model_name)
+
+    async def _submit(self, engine: _Engine, job: _Job) -> asyncio.Future[_Outcome]:
+        """Wait for the model, then run ``job`` in the model thread, which frees it when done."""
+        self._waiting += 1
+        try:
+            await self._model_free.acquire()
+        finally:
+            self._waiting -= 1
+        if self._engine is not engine or self._executor is None:
+            self._model_free.release()
+            raise ServiceUnavailableError(f"model '{self._model_name}' is shutting down")
+        future = asyncio.get_running_loop().run_in_executor(self._executor, engine.run, job)
+        future.add_done_callback(self._on_work_done)
+        return future
+
+    def _on_work_done(self, future: asyncio.Future[_Outcome]) -> None:
+        self._model_free.release()
+        if future.cancelled() or future.exception() is not None:
+            return
+        outcome = future.result()
+        self._totals["generations_total"] += 1
+        self._totals["prompt_tokens_total"] += outcome.prompt_tokens
+        self._totals["completion_tokens_total"] += outcome.completion_tokens
+
+    def _require_engine(self) -> _Engine:
+        if self._engine is None:
+            raise ServiceUnavailableError(f"model '{self._model_name}' is not loaded")
+        return self._engine
