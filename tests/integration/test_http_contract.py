@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -230,32 +231,53 @@ def test_generate_validates_its_body(http: httpx.Client) -> None:
     )
 
 
-def _echo_slow(server: RunningServer) -> EchoBackend:
-    backend = server.services.catalog.get("echo-slow").instances[0].backend
-    assert isinstance(backend, EchoBackend)
-    return backend
+def _backend_of(server: RunningServer, model: str) -> Any:
+    names = [m.name for m in server.services.catalog]
+    if model not in names:
+        pytest.skip(f"{model} is not served (demo model not installed)")
+    return server.services.catalog.get(model).instances[0].backend
 
 
-def test_client_disconnect_mid_stream_frees_the_generation(
-    server: RunningServer, admin_key: str
-) -> None:
-    backend = _echo_slow(server)
-    started_before = backend.started_generations
-    words = " ".join(f"w{i}" for i in range(400))  # 20 tokens/s: 20 s if nobody stops it
-    body = orjson.dumps(
-        {"model": "echo-slow", "stream": True, "messages": [{"role": "user", "content": words}]}
-    )
+def _open_stream_and_hang_up(server: RunningServer, admin_key: str, body: dict[str, Any], events: int) -> None:
+    raw = orjson.dumps(body)
     request = (
         f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {admin_key}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+    ).encode() + raw
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
         sock.sendall(request)
         received = b""
-        while received.count(b"data: ") < 3:
-            received += sock.recv(4096)
-        assert backend.active_generations == 1
+        while received.count(b"data: ") < events:
+            piece = sock.recv(4096)
+            assert piece, "server closed the stream early"
+            received += piece
+
+
+def test_client_disconnect_mid_stream_frees_the_generation(server: RunningServer, admin_key: str) -> None:
+    backend = _backend_of(server, "echo-slow")
+    assert isinstance(backend, EchoBackend)
+    started_before = backend.started_generations
+    words = " ".join(f"w{i}" for i in range(400))  # 20 tokens/s: 20 s if nobody stops it
+    body = {"model": "echo-slow", "stream": True, "messages": [{"role": "user", "content": words}]}
+    _open_stream_and_hang_up(server, admin_key, body, events=3)
     assert wait_until(lambda: backend.active_generations == 0, timeout_s=5)
     assert backend.started_generations == started_before + 1
     metrics = httpx.get(server.base_url + "/metrics").text
     assert 'model="echo-slow",outcome="cancelled"' in metrics
+
+
+def test_disconnect_stops_the_demo_model_decoding(server: RunningServer, admin_key: str) -> None:
+    backend = _backend_of(server, "smollm2-135m")
+    predicted = "llamacpp_tokens_predicted_total"
+    before = backend.metrics()[predicted]
+    body = {
+        "model": "smollm2-135m",
+        "stream": True,
+        "max_tokens": 400,
+        "temperature": 0,
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon."}],
+    }
+    _open_stream_and_hang_up(server, admin_key, body, events=4)
+    assert wait_until(lambda: backend.active_generations == 0, timeout_s=20)
+    assert wait_until(lambda: backend.metrics()["llamacpp_requests_processing"] == 0, timeout_s=10)
+    assert backend.metrics()[predicted] - before < 100, "decoding went on after the client left"
