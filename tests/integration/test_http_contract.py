@@ -238,7 +238,9 @@ def _backend_of(server: RunningServer, model: str) -> Any:
     return server.services.catalog.get(model).instances[0].backend
 
 
-def _open_stream_and_hang_up(server: RunningServer, admin_key: str, body: dict[str, Any], events: int) -> None:
+def _open_stream_and_hang_up(
+    server: RunningServer, admin_key: str, body: dict[str, Any], events: int
+) -> None:
     raw = orjson.dumps(body)
     request = (
         f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {admin_key}\r\n"
@@ -253,7 +255,9 @@ def _open_stream_and_hang_up(server: RunningServer, admin_key: str, body: dict[s
             received += piece
 
 
-def test_client_disconnect_mid_stream_frees_the_generation(server: RunningServer, admin_key: str) -> None:
+def test_client_disconnect_mid_stream_frees_the_generation(
+    server: RunningServer, admin_key: str
+) -> None:
     backend = _backend_of(server, "echo-slow")
     assert isinstance(backend, EchoBackend)
     started_before = backend.started_generations
