@@ -79,19 +79,13 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Route every exception that reaches FastAPI to an OpenAI-style error body."""
-
-    async def on_ours(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, OpenAutoGLMError)
+def response_for(exc: Exception, request: Request) -> Response:
+    """The error answer for any exception a handler raised."""
+    if isinstance(exc, OpenAutoGLMError):
         return error_response(exc)
-
-    async def on_validation(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, (ValidationError, RequestValidationError))
+    if isinstance(exc, (ValidationError, RequestValidationError)):
         return error_response(validation_error(exc))
-
-    async def on_http(_request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, StarletteHTTPException):
         error_type, code = _STATUS_TYPES.get(exc.status_code, ("server_error", "http_error"))
         error = OpenAutoGLMError(str(exc.detail), code=code)
         error.status, error.type = exc.status_code, error_type
@@ -99,13 +93,21 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.headers:
             response.headers.update(exc.headers)
         return response
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(OpenAutoGLMError("The server had an error processing your request."))
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(OpenAutoGLMError("The server had an error processing your request."))
 
-    app.add_exception_handler(OpenAutoGLMError, on_ours)
-    app.add_exception_handler(ValidationError, on_validation)
-    app.add_exception_handler(RequestValidationError, on_validation)
-    app.add_exception_handler(StarletteHTTPException, on_http)
-    app.add_exception_handler(Exception, on_unexpected)
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception that reaches FastAPI to an OpenAI-style error body."""
+
+    async def handle(request: Request, exc: Exception) -> Response:
+        return response_for(exc, request)
+
+    for kind in (
+        OpenAutoGLMError,
+        ValidationError,
+        RequestValidationError,
+        StarletteHTTPException,
+        Exception,
+    ):
+        app.add_exception_handler(kind, handle)

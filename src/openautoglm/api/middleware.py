@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from openautoglm.api.errors import error_payload
 from openautoglm.core.errors import PayloadTooLargeError
-from openautoglm.core.ids import new_request_id
+from openautoglm.core.ids import RequestIds
 
 _CLIENT_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -27,6 +27,7 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self._ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -54,7 +55,7 @@ class RequestContextMiddleware:
                 request_id = value.decode()
             elif name == b"content-length" and value.isdigit():
                 content_length = int(value)
-        return request_id or new_request_id(), content_length
+        return request_id or self._ids.next(), content_length
 
     def _limited(self, receive: Receive) -> Receive:
         received = 0

@@ -98,6 +98,9 @@ class ServerSettings(BaseModel):
     workers: int = Field(default=1, ge=1)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     access_log: bool = False
+    gc_tuning: bool = Field(
+        default=True, description="freeze start-up objects and raise GC thresholds (throughput)"
+    )
     cors_origins: list[str] = Field(default_factory=list)
 
 

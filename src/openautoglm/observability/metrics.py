@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -68,16 +68,27 @@ class GatewayMetrics:
             "autoglm_tokens", "Tokens processed", ["model", "kind"], registry=self.registry
         )
         self.registry.register(_InstanceCollector(instances))
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
 
     def observe(
         self, instance: Instance, outcome: str, duration_s: float, usage: Usage | None
     ) -> None:
         """Record one finished (or failed, or cancelled) request."""
-        self._requests.labels(instance.model, instance.name, outcome).inc()
-        self._latency.labels(instance.model).observe(duration_s)
+        key = (instance.model, instance.name, outcome)
+        children = self._children.get(key)
+        if children is None:  # label lookups cost microseconds: resolve each series once
+            children = self._children[key] = (
+                self._requests.labels(*key),
+                self._latency.labels(instance.model),
+                self._tokens.labels(instance.model, "prompt"),
+                self._tokens.labels(instance.model, "completion"),
+            )
+        requests, latency, prompt_tokens, completion_tokens = children
+        requests.inc()
+        latency.observe(duration_s)
         if usage is not None:
-            self._tokens.labels(instance.model, "prompt").inc(usage.prompt_tokens)
-            self._tokens.labels(instance.model, "completion").inc(usage.completion_tokens)
+            prompt_tokens.inc(usage.prompt_tokens)
+            completion_tokens.inc(usage.completion_tokens)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

@@ -8,6 +8,7 @@ this replica within ``cache_ttl_s`` (``invalidate`` makes it immediate).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from openautoglm.core.clock import Clock
@@ -41,6 +42,7 @@ class Authenticator:
         self._ttl_s = cache_ttl_s
         self._max_entries = max_entries
         self._cache: dict[str, _Entry] = {}
+        self._in_flight: dict[str, asyncio.Future[ApiKey | None]] = {}
 
     async def authenticate(self, secret: str | None) -> Principal:
         """The principal for ``secret``; raises ``AuthenticationError`` otherwise."""
@@ -76,7 +78,30 @@ class Authenticator:
         entry = self._cache.get(key_hash)
         if entry is not None and now - entry.fetched_at < self._ttl_s:
             return entry.key
-        key = await self._store.key_by_hash(key_hash)
+        # One store query per key at a time: when a hot key's entry expires, the requests in
+        # flight for it wait for that query instead of each running their own.
+        pending = self._in_flight.get(key_hash)
+        if pending is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                if not pending.cancelled():
+                    raise  # this request was cancelled, not the shared lookup
+                return await self._lookup(key_hash)
+        future: asyncio.Future[ApiKey | None] = asyncio.get_running_loop().create_future()
+        self._in_flight[key_hash] = future
+        try:
+            key = await self._store.key_by_hash(key_hash)
+        except asyncio.CancelledError:
+            future.cancel()  # waiters start their own lookup
+            raise
+        except Exception as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: the waiters, if any, re-raise it themselves
+            raise
+        finally:
+            del self._in_flight[key_hash]
+        future.set_result(key)
         if len(self._cache) >= self._max_entries:
             self._cache.clear()
         self._cache[key_hash] = _Entry(key=key, fetched_at=now)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -118,3 +119,52 @@ async def test_invalidate_makes_revocation_immediate() -> None:
     auth.invalidate(issued.key.key_hash)
     with pytest.raises(AuthenticationError):
         await auth.authenticate(issued.secret)
+
+
+class SlowStore(CountingStore):
+    """A store whose lookups wait until the test lets them finish."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def key_by_hash(self, key_hash: str):  # type: ignore[no-untyped-def]
+        await self.release.wait()
+        return await super().key_by_hash(key_hash)
+
+
+async def test_concurrent_requests_for_one_key_share_one_lookup() -> None:
+    store, clock = SlowStore(), ManualClock()
+    service = TenancyService(store, clock)
+    store.release.set()
+    issued = await service.bootstrap()
+    assert issued is not None
+    store.release.clear()
+    store.lookups = 0
+    auth = Authenticator(store, clock)
+    waiting = [asyncio.create_task(auth.authenticate(issued.secret)) for _ in range(50)]
+    await asyncio.sleep(0)
+    store.release.set()
+    principals = await asyncio.gather(*waiting)
+    assert store.lookups == 1
+    assert {p.key_id for p in principals} == {issued.key.id}
+
+
+async def test_a_cancelled_lookup_does_not_fail_the_others() -> None:
+    store, clock = SlowStore(), ManualClock()
+    service = TenancyService(store, clock)
+    store.release.set()
+    issued = await service.bootstrap()
+    assert issued is not None
+    store.release.clear()
+    auth = Authenticator(store, clock)
+    first = asyncio.create_task(auth.authenticate(issued.secret))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(auth.authenticate(issued.secret))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.sleep(0)
+    store.release.set()
+    assert (await second).key_id == issued.key.id
+    with pytest.raises(asyncio.CancelledError):
+        await first

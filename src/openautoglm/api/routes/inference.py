@@ -216,3 +216,11 @@ async def retrieve_model(model_id: str, request: Request) -> Response:
             "owned_by": "openautoglm",
         }
     )
+
+
+HOT_HANDLERS = {
+    "/v1/chat/completions": create_chat_completion,
+    "/v1/completions": create_completion,
+    "/v1/generate": generate,
+    "/v1/embeddings": create_embeddings,
+}
