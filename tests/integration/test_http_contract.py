@@ -285,3 +285,29 @@ def test_disconnect_stops_the_demo_model_decoding(server: RunningServer, admin_k
     assert wait_until(lambda: backend.active_generations == 0, timeout_s=20)
     assert wait_until(lambda: backend.metrics()["llamacpp_requests_processing"] == 0, timeout_s=10)
     assert backend.metrics()[predicted] - before < 100, "decoding went on after the client left"
+
+
+def test_client_leaving_a_plain_request_cancels_its_generation(
+    server: RunningServer, admin_key: str
+) -> None:
+    backend = _backend_of(server, "echo-slow")
+    cancelled_before = _cancelled_count(server, "echo-slow")
+    words = " ".join(f"w{i}" for i in range(400))
+    raw = orjson.dumps({"model": "echo-slow", "messages": [{"role": "user", "content": words}]})
+    request = (
+        f"POST {CHAT} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {admin_key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(raw)}\r\n\r\n"
+    ).encode() + raw
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request)
+        assert wait_until(lambda: backend.active_generations == 1, timeout_s=5)
+    assert wait_until(lambda: backend.active_generations == 0, timeout_s=5)
+    assert wait_until(lambda: _cancelled_count(server, "echo-slow") == cancelled_before + 1)
+
+
+def _cancelled_count(server: RunningServer, model: str) -> float:
+    series = f'autoglm_requests_total{{instance="default",model="{model}",outcome="cancelled"}} '
+    for line in httpx.get(server.base_url + "/metrics").text.splitlines():
+        if line.startswith(series):
+            return float(line.split()[-1])
+    return 0.0

@@ -11,6 +11,7 @@ returned stream closes the backend's generator (a disconnected client frees its 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,9 @@ class Gateway:
             completion = await collect(instance.backend.generate(request))
         except OpenAutoGLMError as exc:
             self._metrics.observe(instance, exc.code, time.perf_counter() - started, None)
+            raise
+        except asyncio.CancelledError:
+            self._metrics.observe(instance, "cancelled", time.perf_counter() - started, None)
             raise
         finally:
             instance.in_flight -= 1

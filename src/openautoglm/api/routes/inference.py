@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from openautoglm.api import convert, responses
 from openautoglm.api.context import api_key_of, request_id_of, services_of, unix_time
+from openautoglm.api.disconnect import unless_disconnected
 from openautoglm.api.responses import ChunkEncoder
 from openautoglm.api.schemas import (
     ChatCompletionRequest,
@@ -100,7 +101,9 @@ async def _answer(
         opened = await gateway.open_stream(principal, generation)
         preamble, encode = shape.stream(meta(opened.instance), include_usage)
         return sse_response(opened, preamble, encode, responses.model_headers(opened.instance))
-    instance, completion = await gateway.complete(principal, generation)
+    instance, completion = await unless_disconnected(
+        request, gateway.complete(principal, generation)
+    )
     return responses.json_response(
         shape.whole(meta(instance), completion), responses.model_headers(instance)
     )
