@@ -5,12 +5,14 @@ There are no module-level singletons; an app (or a test) owns one ``Services`` a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openautoglm.backends.demo import demo_models, find_demo_gguf
@@ -22,7 +24,9 @@ from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
 from openautoglm.store.database import open_database
 from openautoglm.store.tenancy_sql import SqlTenancyStore
+from openautoglm.tenancy.admin import TenancyAdmin
 from openautoglm.tenancy.auth import Authenticator
+from openautoglm.tenancy.key_events import LocalKeyEvents, RedisKeyEvents
 from openautoglm.tenancy.model import IssuedKey
 from openautoglm.tenancy.service import TenancyService
 
@@ -42,11 +46,20 @@ class Services:
     catalog: ModelCatalog
     metrics: GatewayMetrics
     gateway: Gateway
+    admin: TenancyAdmin
+    key_events: LocalKeyEvents
+    redis: Redis | None = None
     issued_admin_key: IssuedKey | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
+    background: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def close(self) -> None:
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         await self.catalog.close()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.engine.dispose()
 
 
@@ -106,6 +119,10 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
     if issued is not None:
         save_admin_key(settings.data_dir.expanduser(), issued.secret)
     authenticator = Authenticator(store, clock)
+    redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+    key_events = (
+        RedisKeyEvents(authenticator, redis) if redis is not None else LocalKeyEvents(authenticator)
+    )
     metrics = GatewayMetrics(lambda: catalog.instances)
     try:
         await catalog.start()
@@ -113,6 +130,9 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         await catalog.close()
         await engine.dispose()
         raise
+    background = []
+    if isinstance(key_events, RedisKeyEvents):
+        background.append(asyncio.ensure_future(key_events.listen()))
     return Services(
         settings=settings,
         clock=clock,
@@ -122,5 +142,9 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         catalog=catalog,
         metrics=metrics,
         gateway=Gateway(catalog, authenticator, metrics),
+        admin=TenancyAdmin(store, clock, key_events),
+        key_events=key_events,
+        redis=redis,
         issued_admin_key=issued,
+        background=background,
     )

@@ -19,7 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from openautoglm.api.errors import install_error_handlers
 from openautoglm.api.hot_path import HotPathDispatcher
 from openautoglm.api.middleware import RequestContextMiddleware
-from openautoglm.api.routes import health, inference
+from openautoglm.api.routes import admin, health, inference
 from openautoglm.config.settings import Settings, load_settings
 from openautoglm.core.version import __version__
 from openautoglm.services import ADMIN_KEY_FILE, Services, build_services
@@ -95,6 +95,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(inference.router)
+    app.include_router(admin.router)
     _install_openapi(app)
     # add_middleware wraps: the last added runs first (request id, then CORS, then hot routes).
     app.add_middleware(HotPathDispatcher, handlers=inference.HOT_HANDLERS)

@@ -1,102 +1,97 @@
-"""``autoglm keys``: issue and list API keys directly in the store."""
+"""``autoglm keys``: issue, list, revoke and rotate API keys."""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Column, Table
 
 from openautoglm.cli.common import ConfigOption, err, settings_or_exit
-from openautoglm.config.settings import Settings
-from openautoglm.core.clock import SystemClock
+from openautoglm.cli.session import OPERATOR, admin_session
 from openautoglm.core.errors import OpenAutoGLMError
-from openautoglm.store.database import open_database
-from openautoglm.store.tenancy_sql import SqlTenancyStore
-from openautoglm.tenancy.model import IssuedKey, Role
-from openautoglm.tenancy.service import DEFAULT_TENANT, TenancyService
+from openautoglm.tenancy.admin import TenancyAdmin
+from openautoglm.tenancy.model import ApiKey, IssuedKey, Role
+from openautoglm.tenancy.service import DEFAULT_TENANT
 
-app = typer.Typer(help="Create and list API keys.", no_args_is_help=True)
+app = typer.Typer(help="Create, list, revoke and rotate API keys.", no_args_is_help=True)
 out = Console()
+T = TypeVar("T")
+
+TenantOption = Annotated[str, typer.Option(help="tenant name")]
 
 
-async def _issue(
-    settings: Settings,
-    tenant: str,
-    role: Role,
-    name: str,
-    models: tuple[str, ...] | None,
-    expires_days: float | None,
-) -> IssuedKey:
-    engine = await open_database(settings.resolved_database_url)
+def run_admin(config: object, action: Callable[[TenancyAdmin], Awaitable[T]]) -> T:
+    """Run one admin action against the store; errors become a message and exit status 1."""
+
+    async def main() -> T:
+        async with admin_session(settings_or_exit(config)) as admin:  # type: ignore[arg-type]
+            return await action(admin)
+
     try:
-        clock = SystemClock()
-        service = TenancyService(SqlTenancyStore(engine), clock)
-        expires_at = clock.now() + timedelta(days=expires_days) if expires_days else None
-        return await service.issue_key(
-            tenant, role, name=name, allowed_models=models, expires_at=expires_at
-        )
-    finally:
-        await engine.dispose()
+        return asyncio.run(main())
+    except OpenAutoGLMError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from exc
+
+
+def _names(text: str | None) -> tuple[str, ...] | None:
+    return tuple(n.strip() for n in text.split(",") if n.strip()) if text else None
+
+
+def _print_secret(issued: IssuedKey, tenant: str) -> None:
+    key = issued.key
+    err.print(f"Created key {key.id} ({key.role.value}) for tenant '{tenant}'. Shown once:")
+    print(issued.secret)
 
 
 @app.command("create")
 def create(
-    tenant: Annotated[str, typer.Option(help="tenant name")] = DEFAULT_TENANT,
+    tenant: TenantOption = DEFAULT_TENANT,
     role: Annotated[Role, typer.Option(help="role of the key")] = Role.DEVELOPER,
     name: Annotated[str, typer.Option(help="a label for the key")] = "",
     models: Annotated[
         str | None, typer.Option(help="comma-separated models the key may use")
     ] = None,
+    regions: Annotated[str | None, typer.Option(help="comma-separated regions it may use")] = None,
+    rpm: Annotated[int | None, typer.Option(help="requests per minute")] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute")] = None,
     expires_days: Annotated[
         float | None, typer.Option(min=0.001, help="expire after N days")
     ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Issue a key; the secret is printed once and never stored."""
-    allowed = tuple(m.strip() for m in models.split(",") if m.strip()) if models else None
-    try:
-        issued = asyncio.run(
-            _issue(settings_or_exit(config), tenant, role, name, allowed, expires_days)
+    limits = {k: v for k, v in {"requests_per_minute": rpm, "tokens_per_minute": tpm}.items() if v}
+
+    async def action(admin: TenancyAdmin) -> IssuedKey:
+        found = await admin.tenant_named(OPERATOR, tenant)
+        expires_at = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+        return await admin.issue_key(
+            OPERATOR,
+            found.id,
+            role,
+            name=name,
+            allowed_models=_names(models),
+            allowed_regions=_names(regions),
+            limits=limits or None,
+            expires_at=expires_at,
         )
-    except OpenAutoGLMError as exc:
-        err.print(f"[red]error:[/red] {exc.message}")
-        raise typer.Exit(1) from exc
-    err.print(
-        f"Created key {issued.key.id} ({issued.key.role.value}) for tenant '{tenant}'. Shown once:"
-    )
-    print(issued.secret)
 
-
-async def _list(settings: Settings, tenant: str) -> list[list[str]]:
-    engine = await open_database(settings.resolved_database_url)
-    try:
-        store = SqlTenancyStore(engine)
-        found = await store.tenant_by_name(tenant)
-        if found is None:
-            raise typer.BadParameter(f"tenant '{tenant}' does not exist", param_hint="--tenant")
-        rows = []
-        for key in await store.keys_of_tenant(found.id):
-            state = "revoked" if key.revoked_at else "active"
-            models = ",".join(key.allowed_models) if key.allowed_models is not None else "*"
-            expires = key.expires_at.isoformat(timespec="seconds") if key.expires_at else "-"
-            rows.append(
-                [key.id, key.prefix + "…", key.role.value, key.name, models, expires, state]
-            )
-        return rows
-    finally:
-        await engine.dispose()
+    _print_secret(run_admin(config, action), tenant)
 
 
 @app.command("list")
-def list_keys(
-    tenant: Annotated[str, typer.Option(help="tenant name")] = DEFAULT_TENANT,
-    config: ConfigOption = None,
-) -> None:
+def list_keys(tenant: TenantOption = DEFAULT_TENANT, config: ConfigOption = None) -> None:
     """List a tenant's keys (prefixes only; secrets are never stored)."""
+
+    async def action(admin: TenancyAdmin) -> list[ApiKey]:
+        return await admin.list_keys(OPERATOR, (await admin.tenant_named(OPERATOR, tenant)).id)
+
     table = Table(
         Column("id", no_wrap=True),
         Column("prefix", no_wrap=True),
@@ -106,6 +101,42 @@ def list_keys(
         "expires",
         "state",
     )
-    for row in asyncio.run(_list(settings_or_exit(config), tenant)):
-        table.add_row(*row)
+    for key in run_admin(config, action):
+        state = "revoked" if key.revoked_at else "active"
+        models = ",".join(key.allowed_models) if key.allowed_models is not None else "*"
+        expires = key.expires_at.isoformat(timespec="seconds") if key.expires_at else "-"
+        table.add_row(key.id, key.prefix + "…", key.role.value, key.name, models, expires, state)
     out.print(table)
+
+
+@app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="key id (key_…)")],
+    tenant: TenantOption = DEFAULT_TENANT,
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key now."""
+
+    async def action(admin: TenancyAdmin) -> ApiKey:
+        return await admin.revoke_key(
+            OPERATOR, (await admin.tenant_named(OPERATOR, tenant)).id, key_id
+        )
+
+    key = run_admin(config, action)
+    err.print(f"Revoked {key.id} ({key.prefix}…).")
+
+
+@app.command("rotate")
+def rotate(
+    key_id: Annotated[str, typer.Argument(help="key id (key_…)")],
+    tenant: TenantOption = DEFAULT_TENANT,
+    grace_s: Annotated[float, typer.Option(min=0, help="old key keeps working this long")] = 0,
+    config: ConfigOption = None,
+) -> None:
+    """Issue a successor with the same settings and retire the old key."""
+
+    async def action(admin: TenancyAdmin) -> IssuedKey:
+        found = await admin.tenant_named(OPERATOR, tenant)
+        return await admin.rotate_key(OPERATOR, found.id, key_id, grace_s)
+
+    _print_secret(run_admin(config, action), tenant)

@@ -2,37 +2,53 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openautoglm.core.errors import ConflictError
 from openautoglm.store.tables import api_keys, tenants
-from openautoglm.tenancy.model import ApiKey, Role, Tenant
+from openautoglm.tenancy.model import ApiKey, LimitValues, Role, Tenant
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    # SQLite gives back naive datetimes; everything we store is UTC.
+def aware(moment: datetime | None) -> datetime | None:
+    """SQLite gives back naive datetimes; everything we store is UTC."""
     if moment is None or moment.tzinfo is not None:
         return moment
     return moment.replace(tzinfo=UTC)
 
 
-def _join_models(models: tuple[str, ...] | None) -> str | None:
-    return None if models is None else "\n".join(models)
+def _join(names: tuple[str, ...] | None) -> str | None:
+    return None if names is None else "\n".join(names)
 
 
-def _split_models(text: str | None) -> tuple[str, ...] | None:
+def _split(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     return tuple(name for name in text.split("\n") if name)
 
 
+def _dump_limits(limits: Mapping[str, int] | None) -> str | None:
+    return None if limits is None else orjson.dumps(dict(limits)).decode()
+
+
+def _load_limits(text: str | None) -> LimitValues | None:
+    return None if text is None else dict(orjson.loads(text))
+
+
 def _tenant(row: Any) -> Tenant:
-    return Tenant(id=row.id, name=row.name, created_at=_aware(row.created_at) or row.created_at)
+    return Tenant(
+        id=row.id,
+        name=row.name,
+        created_at=aware(row.created_at) or row.created_at,
+        limits=_load_limits(row.limits),
+        disabled_at=aware(row.disabled_at),
+    )
 
 
 def _key(row: Any) -> ApiKey:
@@ -43,11 +59,25 @@ def _key(row: Any) -> ApiKey:
         role=Role(row.role),
         prefix=row.prefix,
         key_hash=row.key_hash,
-        created_at=_aware(row.created_at) or row.created_at,
-        allowed_models=_split_models(row.allowed_models),
-        expires_at=_aware(row.expires_at),
-        revoked_at=_aware(row.revoked_at),
+        created_at=aware(row.created_at) or row.created_at,
+        allowed_models=_split(row.allowed_models),
+        expires_at=aware(row.expires_at),
+        revoked_at=aware(row.revoked_at),
+        allowed_regions=_split(row.allowed_regions),
+        limits=_load_limits(row.limits),
+        created_by=row.created_by,
     )
+
+
+def _key_values(key: ApiKey) -> dict[str, Any]:
+    return {
+        "name": key.name,
+        "allowed_models": _join(key.allowed_models),
+        "allowed_regions": _join(key.allowed_regions),
+        "limits": _dump_limits(key.limits),
+        "expires_at": key.expires_at,
+        "revoked_at": key.revoked_at,
+    }
 
 
 class SqlTenancyStore:
@@ -61,7 +91,11 @@ class SqlTenancyStore:
             async with self._engine.begin() as connection:
                 await connection.execute(
                     insert(tenants).values(
-                        id=tenant.id, name=tenant.name, created_at=tenant.created_at
+                        id=tenant.id,
+                        name=tenant.name,
+                        created_at=tenant.created_at,
+                        limits=_dump_limits(tenant.limits),
+                        disabled_at=tenant.disabled_at,
                     )
                 )
         except IntegrityError as exc:
@@ -70,21 +104,33 @@ class SqlTenancyStore:
             ) from exc
 
     async def tenant_by_name(self, name: str) -> Tenant | None:
-        async with self._engine.connect() as connection:
-            row = (await connection.execute(select(tenants).where(tenants.c.name == name))).first()
-        return None if row is None else _tenant(row)
+        return await self._one_tenant(tenants.c.name == name)
 
     async def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        return await self._one_tenant(tenants.c.id == tenant_id)
+
+    async def _one_tenant(self, condition: Any) -> Tenant | None:
         async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(select(tenants).where(tenants.c.id == tenant_id))
-            ).first()
+            row = (await connection.execute(select(tenants).where(condition))).first()
         return None if row is None else _tenant(row)
 
     async def count_tenants(self) -> int:
         async with self._engine.connect() as connection:
             count = await connection.scalar(select(func.count()).select_from(tenants))
         return int(count or 0)
+
+    async def list_tenants(self) -> list[Tenant]:
+        query = select(tenants).order_by(tenants.c.created_at, tenants.c.id)
+        async with self._engine.connect() as connection:
+            return [_tenant(row) for row in (await connection.execute(query)).all()]
+
+    async def save_tenant(self, tenant: Tenant) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                update(tenants)
+                .where(tenants.c.id == tenant.id)
+                .values(limits=_dump_limits(tenant.limits), disabled_at=tenant.disabled_at)
+            )
 
     async def add_key(self, key: ApiKey) -> None:
         try:
@@ -93,14 +139,12 @@ class SqlTenancyStore:
                     insert(api_keys).values(
                         id=key.id,
                         tenant_id=key.tenant_id,
-                        name=key.name,
                         role=key.role.value,
                         prefix=key.prefix,
                         key_hash=key.key_hash,
-                        allowed_models=_join_models(key.allowed_models),
                         created_at=key.created_at,
-                        expires_at=key.expires_at,
-                        revoked_at=key.revoked_at,
+                        created_by=key.created_by,
+                        **_key_values(key),
                     )
                 )
         except IntegrityError as exc:
@@ -109,10 +153,14 @@ class SqlTenancyStore:
             ) from exc
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
+        return await self._one_key(api_keys.c.key_hash == key_hash)
+
+    async def key_by_id(self, tenant_id: str, key_id: str) -> ApiKey | None:
+        return await self._one_key((api_keys.c.id == key_id) & (api_keys.c.tenant_id == tenant_id))
+
+    async def _one_key(self, condition: Any) -> ApiKey | None:
         async with self._engine.connect() as connection:
-            row = (
-                await connection.execute(select(api_keys).where(api_keys.c.key_hash == key_hash))
-            ).first()
+            row = (await connection.execute(select(api_keys).where(condition))).first()
         return None if row is None else _key(row)
 
     async def keys_of_tenant(self, tenant_id: str) -> list[ApiKey]:
@@ -128,12 +176,5 @@ class SqlTenancyStore:
     async def save_key(self, key: ApiKey) -> None:
         async with self._engine.begin() as connection:
             await connection.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key.id)
-                .values(
-                    name=key.name,
-                    allowed_models=_join_models(key.allowed_models),
-                    expires_at=key.expires_at,
-                    revoked_at=key.revoked_at,
-                )
+                update(api_keys).where(api_keys.c.id == key.id).values(**_key_values(key))
             )

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+
+# Limits are stored as a mapping of limit name to number (``requests_per_minute`` …); the
+# ``limits`` package gives them meaning. Tenancy only keeps them.
+LimitValues = Mapping[str, int]
 
 
 class Role(StrEnum):
@@ -21,12 +26,37 @@ class Role(StrEnum):
         """Whether keys of this role may call models (auditors only read)."""
         return self is not Role.AUDITOR
 
+    @property
+    def manages_keys(self) -> bool:
+        """Whether keys of this role may issue, list, revoke and rotate keys."""
+        return self in (Role.PLATFORM_ADMIN, Role.ADMIN)
+
+    @property
+    def rank(self) -> int:
+        """Privilege order: a key may only issue keys of its own rank or below."""
+        return _RANKS[self]
+
+
+_RANKS = {
+    Role.PLATFORM_ADMIN: 4,
+    Role.ADMIN: 3,
+    Role.OPERATOR: 2,
+    Role.DEVELOPER: 1,
+    Role.AUDITOR: 1,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Tenant:
     id: str
     name: str
     created_at: datetime
+    limits: LimitValues | None = field(default=None, compare=True)
+    disabled_at: datetime | None = None
+
+    @property
+    def is_disabled(self) -> bool:
+        return self.disabled_at is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +73,9 @@ class ApiKey:
     allowed_models: tuple[str, ...] | None = None
     expires_at: datetime | None = None
     revoked_at: datetime | None = None
+    allowed_regions: tuple[str, ...] | None = None
+    limits: LimitValues | None = None
+    created_by: str | None = None
 
     def is_active(self, now: datetime) -> bool:
         """Not revoked and not expired at ``now``."""
@@ -60,9 +93,21 @@ class Principal:
     role: Role
     allowed_models: tuple[str, ...] | None = None
     expires_at: datetime | None = None
+    allowed_regions: tuple[str, ...] | None = None
+    key_prefix: str = ""
+    key_limits: LimitValues | None = None
+    tenant_limits: LimitValues | None = None
 
     def may_use_model(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models
+
+    def may_use_region(self, region: str | None) -> bool:
+        """Instances without a region are open to every key; others need the region allowed."""
+        return self.allowed_regions is None or region is None or region in self.allowed_regions
+
+    def acts_in(self, tenant_id: str) -> bool:
+        """Whether this principal may act on objects of ``tenant_id``."""
+        return self.role is Role.PLATFORM_ADMIN or self.tenant_id == tenant_id
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,20 @@ class TenancyStore(Protocol):
 
     async def count_tenants(self) -> int: ...
 
+    async def list_tenants(self) -> list[Tenant]:
+        """Every tenant, oldest first."""
+
+    async def save_tenant(self, tenant: Tenant) -> None:
+        """Update a tenant's mutable fields (limits, disabled)."""
+
     async def add_key(self, key: ApiKey) -> None: ...
 
     async def key_by_hash(self, key_hash: str) -> ApiKey | None: ...
 
     async def keys_of_tenant(self, tenant_id: str) -> list[ApiKey]: ...
+
+    async def key_by_id(self, tenant_id: str, key_id: str) -> ApiKey | None:
+        """The key, only if it belongs to ``tenant_id``."""
 
     async def save_key(self, key: ApiKey) -> None:
         """Update a key's mutable fields (revocation, expiry, allowed models)."""
@@ -52,6 +61,13 @@ class InMemoryTenancyStore:
     async def count_tenants(self) -> int:
         return len(self._tenants)
 
+    async def list_tenants(self) -> list[Tenant]:
+        return sorted(self._tenants.values(), key=lambda t: (t.created_at, t.id))
+
+    async def save_tenant(self, tenant: Tenant) -> None:
+        if tenant.id in self._tenants:
+            self._tenants[tenant.id] = tenant
+
     async def add_key(self, key: ApiKey) -> None:
         if key.tenant_id not in self._tenants:
             raise ConflictError(f"tenant '{key.tenant_id}' does not exist", code="tenant_missing")
@@ -64,5 +80,11 @@ class InMemoryTenancyStore:
         keys = [k for k in self._keys.values() if k.tenant_id == tenant_id]
         return sorted(keys, key=lambda k: (k.created_at, k.id))
 
+    async def key_by_id(self, tenant_id: str, key_id: str) -> ApiKey | None:
+        return next(
+            (k for k in self._keys.values() if k.id == key_id and k.tenant_id == tenant_id), None
+        )
+
     async def save_key(self, key: ApiKey) -> None:
-        self._keys[key.key_hash] = replace(key)
+        if key.key_hash in self._keys:
+            self._keys[key.key_hash] = replace(key)

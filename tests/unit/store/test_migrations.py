@@ -9,7 +9,9 @@ import pytest
 from sqlalchemy import inspect, text
 from tests.support.databases import database_url
 
-from openautoglm.store.database import create_engine, migrate, open_database
+from alembic.script import ScriptDirectory
+
+from openautoglm.store.database import alembic_config, create_engine, migrate, open_database
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -22,7 +24,7 @@ async def test_open_applies_migrations_once(kind: str, tmp_path: Path) -> None:
                 tables = await connection.run_sync(lambda c: set(inspect(c).get_table_names()))
                 version = await connection.scalar(text("SELECT version_num FROM alembic_version"))
             assert {"tenants", "api_keys", "alembic_version"} <= tables
-            assert version == "0001"
+            assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
         finally:
             await engine.dispose()
 

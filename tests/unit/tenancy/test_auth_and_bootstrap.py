@@ -76,16 +76,21 @@ async def test_authentication_caches_lookups_and_checks_expiry() -> None:
         allowed_models=("echo",),
         expires_at=clock.now() + timedelta(hours=1),
     )
-    auth = Authenticator(store, clock, cache_ttl_s=5)
+    auth = Authenticator(store, clock, refresh_after_s=5, max_age_s=30)
     principal = await auth.authenticate(issued.secret)
     assert principal.role is Role.DEVELOPER and principal.key_id == issued.key.id
     assert principal.may_use_model("echo") and not principal.may_use_model("glm-4")
     for _ in range(100):
         await auth.authenticate(issued.secret)
     assert store.lookups == 1
-    clock.advance(6)
-    await auth.authenticate(issued.secret)
+    clock.advance(6)  # stale: answered from the cache while one refresh runs behind
+    for _ in range(10):
+        await auth.authenticate(issued.secret)
+    await asyncio.sleep(0)
     assert store.lookups == 2
+    clock.advance(31)  # too old to use: the request waits for the store
+    await auth.authenticate(issued.secret)
+    assert store.lookups == 3
     clock.advance(3600)
     with pytest.raises(AuthenticationError) as expired:
         await auth.authenticate(issued.secret)
@@ -112,7 +117,7 @@ async def test_invalidate_makes_revocation_immediate() -> None:
     service = TenancyService(store, clock)
     issued = await service.bootstrap()
     assert issued is not None
-    auth = Authenticator(store, clock, cache_ttl_s=3600)
+    auth = Authenticator(store, clock, refresh_after_s=3600, max_age_s=7200)
     await auth.authenticate(issued.secret)
     await store.save_key(replace(issued.key, revoked_at=clock.now()))
     await auth.authenticate(issued.secret)  # still cached
