@@ -27,6 +27,8 @@ def echo_models() -> list[ModelConfig]:
         ModelConfig(name="echo-slow", backend="echo", tokens_per_s=20),
         ModelConfig(name="echo-vision", backend="echo", vision=True),
         ModelConfig(name="echo-broken", backend="echo", fail_rate=1.0),
+        ModelConfig(name="echo-flaky", backend="echo", fail_rate=0.3, seed=11),
+        ModelConfig(name="echo-regional", backend="echo", region="cn-north-1"),
         ModelConfig(
             name="echo-pool",
             backend="echo",
@@ -35,7 +37,7 @@ def echo_models() -> list[ModelConfig]:
     ]
 
 
-def test_settings(data_dir: Path, models: list[ModelConfig], **extra: object) -> Settings:
+def settings_for(data_dir: Path, models: list[ModelConfig], **extra: object) -> Settings:
     return Settings(
         data_dir=data_dir,
         database_url=f"sqlite+aiosqlite:///{data_dir / 'test.db'}",
@@ -59,7 +61,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     gguf = find_demo_gguf()
     if gguf is not None:
         models = [m for m in demo_models(gguf) if m.name == DEMO_MODEL_NAME] + models
-    running = start_server(test_settings(tmp_path_factory.mktemp("server"), models))
+    running = start_server(settings_for(tmp_path_factory.mktemp("server"), models))
     yield running
     running.stop()
 

@@ -18,10 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from openautoglm.backends.demo import demo_models, find_demo_gguf
 from openautoglm.backends.factory import build_backend
 from openautoglm.config.settings import ConfigError, ModelConfig, Settings
+from openautoglm.contexts.service import ContextService, ContextSettings
 from openautoglm.core.clock import Clock, SystemClock
+from openautoglm.gateway.conversation import Conversations
+from openautoglm.gateway.limiting import RequestLimits
 from openautoglm.gateway.pipeline import Gateway
+from openautoglm.limits.factory import build_rate_limiter
 from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
+from openautoglm.store.contexts_sql import SqlContextStore
 from openautoglm.store.database import open_database
 from openautoglm.store.tenancy_sql import SqlTenancyStore
 from openautoglm.tenancy.admin import TenancyAdmin
@@ -48,6 +53,7 @@ class Services:
     gateway: Gateway
     admin: TenancyAdmin
     key_events: LocalKeyEvents
+    contexts: ContextService
     redis: Redis | None = None
     issued_admin_key: IssuedKey | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
@@ -57,6 +63,7 @@ class Services:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
+        await self.gateway.close()
         await self.catalog.close()
         if self.redis is not None:
             await self.redis.aclose()
@@ -124,6 +131,15 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         RedisKeyEvents(authenticator, redis) if redis is not None else LocalKeyEvents(authenticator)
     )
     metrics = GatewayMetrics(lambda: catalog.instances)
+    contexts = ContextService(
+        SqlContextStore(engine),
+        clock,
+        ContextSettings(
+            create_on_first_use=settings.contexts.create_on_first_use,
+            default_ttl_s=settings.contexts.default_ttl_s,
+            default_max_turns=settings.contexts.default_max_turns,
+        ),
+    )
     try:
         await catalog.start()
     except BaseException:
@@ -141,7 +157,14 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         authenticator=authenticator,
         catalog=catalog,
         metrics=metrics,
-        gateway=Gateway(catalog, authenticator, metrics),
+        gateway=Gateway(
+            catalog,
+            authenticator,
+            metrics,
+            RequestLimits(build_rate_limiter(settings.redis_url, clock)),
+            Conversations(contexts),
+        ),
+        contexts=contexts,
         admin=TenancyAdmin(store, clock, key_events),
         key_events=key_events,
         redis=redis,

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from openautoglm.api.app import create_app
 from openautoglm.config.settings import Settings
+from openautoglm.core.clock import Clock
 from openautoglm.services import Services
 
 T = TypeVar("T")
@@ -66,10 +67,12 @@ class RunningServer:
             self.thread.join(timeout=30)
 
 
-def start_server(settings: Settings, startup_timeout_s: float = 120) -> RunningServer:
+def start_server(
+    settings: Settings, startup_timeout_s: float = 120, clock: Clock | None = None
+) -> RunningServer:
     """Start ``create_app(settings)`` under uvicorn and wait until it accepts requests."""
     port = free_port()
-    app = create_app(settings)
+    app = create_app(settings, clock=clock)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", loop="asyncio", lifespan="on"
     )

@@ -19,8 +19,9 @@ from starlette.middleware.cors import CORSMiddleware
 from openautoglm.api.errors import install_error_handlers
 from openautoglm.api.hot_path import HotPathDispatcher
 from openautoglm.api.middleware import RequestContextMiddleware
-from openautoglm.api.routes import admin, health, inference
+from openautoglm.api.routes import admin, contexts, health, inference
 from openautoglm.config.settings import Settings, load_settings
+from openautoglm.core.clock import Clock
 from openautoglm.core.version import __version__
 from openautoglm.services import ADMIN_KEY_FILE, Services, build_services
 
@@ -69,13 +70,16 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """The engine's HTTP app. Given ``services``, the caller owns them; else the app builds them."""
+def create_app(
+    settings: Settings, services: Services | None = None, clock: Clock | None = None
+) -> FastAPI:
+    """The engine's HTTP app. Given ``services``, the caller owns them; else the app builds them
+    (with ``clock``, default the system clock)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = services is None
-        app.state.services = services or await build_services(settings)
+        app.state.services = services or await build_services(settings, clock)
         if owned:
             _announce_admin_key(app.state.services)
             if settings.server.gc_tuning:
@@ -96,6 +100,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(inference.router)
     app.include_router(admin.router)
+    app.include_router(contexts.router)
     _install_openapi(app)
     # add_middleware wraps: the last added runs first (request id, then CORS, then hot routes).
     app.add_middleware(HotPathDispatcher, handlers=inference.HOT_HANDLERS)

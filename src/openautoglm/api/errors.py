@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from openautoglm.core.errors import InvalidRequestError, OpenAutoGLMError
+from openautoglm.limits.checks import RateLimitExceeded
+from openautoglm.limits.headers import ratelimit_headers
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ def error_payload(exc: OpenAutoGLMError) -> dict[str, object]:
 
 def error_response(exc: OpenAutoGLMError) -> Response:
     headers = {}
+    if isinstance(exc, RateLimitExceeded):
+        headers.update(ratelimit_headers(exc.limit_status))
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     return Response(

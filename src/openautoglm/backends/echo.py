@@ -30,6 +30,7 @@ class EchoBackend:
         self._rng = random.Random(config.seed)
         self.active_generations = 0
         self.started_generations = 0
+        self.last_request: GenerationRequest | None = None  # what the model was sent (tests)
         self._capabilities = Capabilities(
             embeddings=True,
             vision=bool(config.vision),
@@ -55,6 +56,7 @@ class EchoBackend:
     async def generate(self, request: GenerationRequest) -> AsyncIterator[Chunk]:
         self.started_generations += 1
         self.active_generations += 1
+        self.last_request = request
         try:
             async for chunk in self._generate(request):
                 yield chunk

@@ -104,6 +104,18 @@ class ServerSettings(BaseModel):
     cors_origins: list[str] = Field(default_factory=list)
 
 
+class ContextsSettings(BaseModel):
+    """Conversation contexts (``context_id``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    create_on_first_use: bool = Field(
+        default=True, description="a call naming an unknown context creates it (else 404)"
+    )
+    default_ttl_s: int | None = Field(default=7 * 24 * 3600, ge=1, description="idle lifetime")
+    default_max_turns: int | None = Field(default=200, ge=2)
+
+
 class Settings(BaseSettings):
     """Everything an ``autoglm`` process reads at start."""
 
@@ -116,6 +128,7 @@ class Settings(BaseSettings):
     database_url: str | None = None
     redis_url: str | None = None
     server: ServerSettings = Field(default_factory=ServerSettings)
+    contexts: ContextsSettings = Field(default_factory=ContextsSettings)
     models: list[ModelConfig] = Field(default_factory=list)
     default_model: str | None = Field(
         default=None, description="model for requests that name none (default: the first)"

@@ -1,52 +1,83 @@
 """The gateway: every inference request, whatever its entry point, passes through here.
 
-Stages, in order: authenticate (done by the caller with :meth:`Gateway.authenticate`), authorise
-the model, check the model can take the request, pick an instance, run the backend, record
-metrics. A request refused at any stage raises an ``OpenAutoGLMError``; nothing here knows HTTP.
+Stages, in order: authenticate (the caller, with :meth:`Gateway.authenticate`); route (role,
+model allow-list, capabilities, regions -> an instance); context (load and window the history,
+holding the context for the whole call); limits (reserve the worst-case cost); backend; then
+settle the real cost, store the turn, record metrics. A refusal at any stage raises an
+``OpenAutoGLMError``; nothing here knows HTTP.
 
-Invariant for streams: :meth:`Gateway.open_stream` returns only after the backend produced its
-first chunk, so a failure before the first byte is still an ordinary error response; closing the
-returned stream closes the backend's generator (a disconnected client frees its generation).
+Invariants: :meth:`Gateway.open_stream` returns only after the backend produced its first chunk,
+so a failure before the first byte is still an ordinary error response. However a call ends —
+finished, failed, or abandoned by its client — its rate-limit lease is settled with what it
+really cost, and its context is released; only a finished answer is stored in the context.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from openautoglm.backends.base import collect
-from openautoglm.core.errors import (
-    InvalidRequestError,
-    OpenAutoGLMError,
-    PermissionDeniedError,
-)
+from openautoglm.backends.text import count_tokens
+from openautoglm.contexts.windowing import TokenCounter, make_token_counter
+from openautoglm.core.errors import InvalidRequestError, OpenAutoGLMError
 from openautoglm.core.types import Chunk, Completion, Embeddings, GenerationRequest, Usage
+from openautoglm.gateway.conversation import Conversations
+from openautoglm.gateway.limiting import RequestLimits
+from openautoglm.gateway.routing import authorised_model, choose_instance
+from openautoglm.limits.headers import ratelimit_headers
 from openautoglm.observability.metrics import GatewayMetrics
-from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel, model_not_found
+from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
 from openautoglm.tenancy.auth import Authenticator
 from openautoglm.tenancy.model import Principal
+
+_ESTIMATE = make_token_counter(count_tokens)
 
 
 @dataclass(slots=True)
 class OpenStream:
-    """A stream that has produced its first chunk; iterate it for the rest, always close it."""
+    """A call that has produced its first chunk; iterate ``rest``, and always close it."""
 
     instance: Instance
     first: Chunk
     rest: AsyncIterator[Chunk]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole answer with what served it and the rate-limit headers to send."""
+
+    instance: Instance
+    completion: Completion
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class _CallInfo:
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Gateway:
     """Runs requests through the stages of the request path."""
 
     def __init__(
-        self, catalog: ModelCatalog, authenticator: Authenticator, metrics: GatewayMetrics
+        self,
+        catalog: ModelCatalog,
+        authenticator: Authenticator,
+        metrics: GatewayMetrics,
+        limits: RequestLimits,
+        conversations: Conversations,
     ) -> None:
         self.catalog = catalog
         self._authenticator = authenticator
         self._metrics = metrics
+        self._limits = limits
+        self._conversations = conversations
+        self._detached: set[asyncio.Task[Any]] = set()
 
     async def authenticate(self, secret: str | None) -> Principal:
         return await self._authenticator.authenticate(secret)
@@ -55,56 +86,11 @@ class Gateway:
         """The models this caller may use, in configuration order."""
         return [model for model in self.catalog if principal.may_use_model(model.name)]
 
-    def route(self, principal: Principal, request: GenerationRequest) -> Instance:
-        """Authorise and validate ``request`` against its model, then pick an instance."""
-        if not principal.role.may_infer:
-            raise PermissionDeniedError(
-                f"role '{principal.role.value}' may not call models", code="role_forbidden"
-            )
-        model = self._authorised_model(principal, request.model)
-        capabilities = model.capabilities
-        if request.kind == "chat" and not capabilities.chat:
-            raise InvalidRequestError(
-                f"model '{model.name}' does not support chat completions; use /v1/completions",
-                code="unsupported_endpoint",
-            )
-        if request.kind == "completion" and not capabilities.completion:
-            raise InvalidRequestError(
-                f"model '{model.name}' does not support text completions",
-                code="unsupported_endpoint",
-            )
-        if request.has_images and not capabilities.vision:
-            raise InvalidRequestError(
-                f"model '{model.name}' does not accept image input",
-                code="image_input_not_supported",
-                param="messages",
-            )
-        return model.pick()
-
-    async def complete(
-        self, principal: Principal, request: GenerationRequest
-    ) -> tuple[Instance, Completion]:
-        """Run a request to the end and return the whole answer."""
-        instance = self.route(principal, request)
-        started = time.perf_counter()
-        instance.in_flight += 1
-        try:
-            completion = await collect(instance.backend.generate(request))
-        except OpenAutoGLMError as exc:
-            self._metrics.observe(instance, exc.code, time.perf_counter() - started, None)
-            raise
-        except asyncio.CancelledError:
-            self._metrics.observe(instance, "cancelled", time.perf_counter() - started, None)
-            raise
-        finally:
-            instance.in_flight -= 1
-        self._metrics.observe(instance, "ok", time.perf_counter() - started, completion.usage)
-        return instance, completion
-
     async def open_stream(self, principal: Principal, request: GenerationRequest) -> OpenStream:
-        """Start a streamed request and wait for its first chunk."""
-        instance = self.route(principal, request)
-        stream = self._observed(instance, instance.backend.generate(request))
+        """Start a call and wait for its first chunk."""
+        instance = choose_instance(self.catalog, principal, request)
+        info = _CallInfo()
+        stream = self._call(principal, request, instance, info)
         try:
             first = await anext(stream)
         except StopAsyncIteration:
@@ -112,12 +98,21 @@ class Gateway:
         except BaseException:
             await stream.aclose()
             raise
-        return OpenStream(instance=instance, first=first, rest=stream)
+        return OpenStream(instance=instance, first=first, rest=stream, headers=info.headers)
+
+    async def complete(self, principal: Principal, request: GenerationRequest) -> Answer:
+        """Run a call to the end and return the whole answer."""
+        opened = await self.open_stream(principal, request)
+        try:
+            completion = await collect(_prepend(opened.first, opened.rest))
+        finally:
+            await opened.rest.aclose()  # type: ignore[attr-defined]
+        return Answer(instance=opened.instance, completion=completion, headers=opened.headers)
 
     async def embed(
         self, principal: Principal, model_name: str, inputs: Sequence[str]
     ) -> tuple[Instance, Embeddings]:
-        model = self._authorised_model(principal, model_name)
+        model = authorised_model(self.catalog, principal, model_name)
         if not model.capabilities.embeddings:
             raise InvalidRequestError(
                 f"model '{model.name}' does not support embeddings",
@@ -130,29 +125,69 @@ class Gateway:
         self._metrics.observe(instance, "ok", time.perf_counter() - started, embeddings.usage)
         return instance, embeddings
 
-    def _authorised_model(self, principal: Principal, name: str | None) -> ServedModel:
-        model = self.catalog.get(name)
-        if not principal.may_use_model(model.name):
-            # Same answer as an unknown model: a key must not learn what it cannot use.
-            raise model_not_found(model.name)
-        return model
+    async def close(self) -> None:
+        await asyncio.gather(*self._detached, return_exceptions=True)
+        await self._limits.close()
 
-    async def _observed(
-        self, instance: Instance, chunks: AsyncIterator[Chunk]
+    async def _call(
+        self, principal: Principal, request: GenerationRequest, instance: Instance, info: _CallInfo
     ) -> AsyncIterator[Chunk]:
         started = time.perf_counter()
-        outcome, usage = "cancelled", None
+        outcome, cost = "cancelled", None
         instance.in_flight += 1
+        counter = _counter_of(instance)
+        context_length = instance.backend.capabilities.context_length
         try:
-            async for chunk in chunks:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                yield chunk
+            async with self._conversations.turn(
+                principal, request, context_length, counter
+            ) as turn:
+                call = turn.request
+                prompt_tokens = (
+                    counter(call.messages) if call.kind == "chat" else count_tokens(call.prompt)
+                )
+                lease = await self._limits.acquire(principal, call, prompt_tokens)
+                if lease is not None:
+                    info.headers = ratelimit_headers(lease.status)
+                parts: list[str] = []
+                usage: Usage | None = None
+                finish = None
+                try:
+                    async for chunk in instance.backend.generate(call):
+                        if chunk.text:
+                            parts.append(chunk.text)
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        if chunk.finish_reason is not None:
+                            finish = chunk.finish_reason
+                        yield chunk
+                finally:
+                    cost = usage or Usage(prompt_tokens, count_tokens("".join(parts)))
+                    if lease is not None:
+                        await self._detach(self._limits.settle(lease, cost))
+                if turn.record is not None and finish is not None:
+                    turn.record(Completion("".join(parts), finish, cost))
             outcome = "ok"
         except OpenAutoGLMError as exc:
             outcome = exc.code
             raise
         finally:
             instance.in_flight -= 1
-            await chunks.aclose()  # type: ignore[attr-defined]
-            self._metrics.observe(instance, outcome, time.perf_counter() - started, usage)
+            self._metrics.observe(instance, outcome, time.perf_counter() - started, cost)
+
+    async def _detach(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` to the end even if this call is being cancelled (settling must happen)."""
+        task = asyncio.ensure_future(work)
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+        await asyncio.shield(task)
+
+
+def _counter_of(instance: Instance) -> TokenCounter:
+    count_text = getattr(instance.backend, "count_text_tokens", None)
+    return make_token_counter(count_text) if callable(count_text) else _ESTIMATE
+
+
+async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
+    yield first
+    async for chunk in rest:
+        yield chunk

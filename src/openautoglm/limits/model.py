@@ -55,6 +55,8 @@ class LimitSpec:
         Strict: an unknown key, a value that is not an integer, or a negative value raises
         ``ValueError`` naming the offending key.
         """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"rate limits must be a JSON object, got {type(data).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(str(k) for k in data if k not in known)
         if unknown:

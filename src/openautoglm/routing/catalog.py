@@ -35,23 +35,24 @@ class ServedModel:
             raise ValueError(f"model '{name}' needs at least one instance")
         self.name = name
         self.instances = list(instances)
-        self._total_weight = sum(instance.config.weight for instance in self.instances)
 
     @property
     def capabilities(self) -> Capabilities:
         """What every instance of the model can do (instances of one model are alike)."""
         return self.instances[0].backend.capabilities
 
-    def pick(self) -> Instance:
-        """The next instance by smooth weighted round robin."""
-        if len(self.instances) == 1:
-            return self.instances[0]
-        best = self.instances[0]
-        for instance in self.instances:
+    def pick(self, among: Sequence[Instance] | None = None) -> Instance:
+        """The next instance by smooth weighted round robin (over ``among`` when given)."""
+        candidates = self.instances if among is None else among
+        if len(candidates) == 1:
+            return candidates[0]
+        total = sum(instance.config.weight for instance in candidates)
+        best = candidates[0]
+        for instance in candidates:
             instance._current_weight += instance.config.weight
             if instance._current_weight > best._current_weight:
                 best = instance
-        best._current_weight -= self._total_weight
+        best._current_weight -= total
         return best
 
 

@@ -6,10 +6,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from tests.support.databases import database_url
-
-from alembic.script import ScriptDirectory
 
 from openautoglm.store.database import alembic_config, create_engine, migrate, open_database
 

@@ -100,12 +100,12 @@ async def _answer(
     if generation.stream:
         opened = await gateway.open_stream(principal, generation)
         preamble, encode = shape.stream(meta(opened.instance), include_usage)
-        return sse_response(opened, preamble, encode, responses.model_headers(opened.instance))
-    instance, completion = await unless_disconnected(
-        request, gateway.complete(principal, generation)
-    )
+        headers = {**responses.model_headers(opened.instance), **opened.headers}
+        return sse_response(opened, preamble, encode, headers)
+    answer = await unless_disconnected(request, gateway.complete(principal, generation))
     return responses.json_response(
-        shape.whole(meta(instance), completion), responses.model_headers(instance)
+        shape.whole(meta(answer.instance), answer.completion),
+        {**responses.model_headers(answer.instance), **answer.headers},
     )
 
 

@@ -1,0 +1,61 @@
+"""The rate-limit stage: reserve before the call, settle with the real cost after it.
+
+A request reserves its prompt tokens plus ``max_tokens`` (``DEFAULT_RESERVED_COMPLETION_TOKENS``
+when it sets none) in the key's and the tenant's scopes, and is settled with what it really cost:
+the backend's usage when it reports one, otherwise an estimate of the prompt and of the text that
+was produced — so a stream cut off after ten words is charged ten words.
+"""
+
+from __future__ import annotations
+
+from openautoglm.core.types import GenerationRequest, Usage
+from openautoglm.limits.model import Lease, LimitScope, LimitSpec
+from openautoglm.limits.ports import RateLimiter
+from openautoglm.tenancy.model import Principal
+
+DEFAULT_RESERVED_COMPLETION_TOKENS = 1024
+
+
+def scopes_of(principal: Principal) -> tuple[LimitScope, ...]:
+    """The key's and the tenant's limit scopes (only those that have limits)."""
+    scopes = []
+    if principal.key_limits:
+        scopes.append(
+            LimitScope(
+                name=f"key:{principal.key_id}",
+                spec=LimitSpec.from_dict(principal.key_limits),
+                label=f"key {principal.key_prefix}…",
+            )
+        )
+    if principal.tenant_limits:
+        scopes.append(
+            LimitScope(
+                name=f"tenant:{principal.tenant_id}",
+                spec=LimitSpec.from_dict(principal.tenant_limits),
+            )
+        )
+    return tuple(scopes)
+
+
+class RequestLimits:
+    """Acquires and settles one request's rate-limit lease."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    async def acquire(
+        self, principal: Principal, request: GenerationRequest, prompt_tokens: int
+    ) -> Lease | None:
+        """Reserve the request's worst-case cost; ``None`` when no limit applies to the caller."""
+        scopes = scopes_of(principal)
+        if not scopes:
+            return None
+        completion = request.params.max_tokens or DEFAULT_RESERVED_COMPLETION_TOKENS
+        return await self._limiter.acquire(scopes, prompt_tokens + completion)
+
+    async def settle(self, lease: Lease | None, usage: Usage) -> None:
+        if lease is not None:
+            await self._limiter.settle(lease, usage.total_tokens)
+
+    async def close(self) -> None:
+        await self._limiter.close()

@@ -1,0 +1,55 @@
+"""The route stage: who may call which model, whether the model can take the request, and which
+instance serves it (within the caller's allowed regions)."""
+
+from __future__ import annotations
+
+from openautoglm.core.errors import InvalidRequestError, PermissionDeniedError
+from openautoglm.core.types import GenerationRequest
+from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel, model_not_found
+from openautoglm.tenancy.model import Principal
+
+
+def authorised_model(catalog: ModelCatalog, principal: Principal, name: str | None) -> ServedModel:
+    """The named model, if the caller may use it; otherwise the same 404 as an unknown model."""
+    model = catalog.get(name)
+    if not principal.may_use_model(model.name):
+        # Same answer as an unknown model: a key must not learn what it cannot use.
+        raise model_not_found(model.name)
+    return model
+
+
+def choose_instance(
+    catalog: ModelCatalog, principal: Principal, request: GenerationRequest
+) -> Instance:
+    """Authorise and validate ``request`` against its model, then pick an instance."""
+    if not principal.role.may_infer:
+        raise PermissionDeniedError(
+            f"role '{principal.role.value}' may not call models", code="role_forbidden"
+        )
+    model = authorised_model(catalog, principal, request.model)
+    capabilities = model.capabilities
+    if request.kind == "chat" and not capabilities.chat:
+        raise InvalidRequestError(
+            f"model '{model.name}' does not support chat completions; use /v1/completions",
+            code="unsupported_endpoint",
+        )
+    if request.kind == "completion" and not capabilities.completion:
+        raise InvalidRequestError(
+            f"model '{model.name}' does not support text completions", code="unsupported_endpoint"
+        )
+    if request.has_images and not capabilities.vision:
+        raise InvalidRequestError(
+            f"model '{model.name}' does not accept image input",
+            code="image_input_not_supported",
+            param="messages",
+        )
+    if principal.allowed_regions is None:
+        return model.pick()
+    allowed = [i for i in model.instances if principal.may_use_region(i.config.region)]
+    if not allowed:
+        raise PermissionDeniedError(
+            f"no instance of model '{model.name}' is in a region this key may use "
+            f"({', '.join(principal.allowed_regions)})",
+            code="region_not_allowed",
+        )
+    return model.pick(among=allowed)
