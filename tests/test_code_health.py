@@ -38,3 +38,8 @@ def test_modules_stay_small() -> None:
         for path in (ROOT / "src").rglob("*.py")
     }
     assert {path: n for path, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_mypy_strict_is_clean() -> None:
+    result = subprocess.run([_tool("mypy")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]

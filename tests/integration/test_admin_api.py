@@ -171,3 +171,13 @@ def test_tenants_cannot_reach_each_others_keys_or_tenant(
         assert statuses == [404, 403, 404, 404, 404, 404, 404, 404, 404, 404]
         assert a_key["id"] not in [k["id"] for k in http_b.get("/v1/admin/keys").json()["data"]]
     assert chat(server, a_key["secret"]).status_code == 200, "A's key must be untouched"
+
+
+def test_keys_are_pinned_to_their_regions(server: RunningServer, platform: httpx.Client) -> None:
+    east = new_key(platform, role="developer", allowed_regions=["cn-east-2"])
+    refused = chat(server, east["secret"], model="echo-regional")  # served only in cn-north-1
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "region_not_allowed"
+    assert chat(server, east["secret"], model="echo").status_code == 200  # no region: open to all
+    north = new_key(platform, role="developer", allowed_regions=["cn-north-1"])
+    assert chat(server, north["secret"], model="echo-regional").status_code == 200

@@ -148,3 +148,33 @@ def test_a_cut_off_stream_is_charged_what_it_produced(
     stream_prompt = count([Message(role="user", content=words)])
     charged = 100_000 - int(probe.headers["x-ratelimit-remaining-tokens"]) - probe_reservation
     assert stream_prompt + 3 <= charged <= stream_prompt + 30, (charged, stream_prompt)
+
+
+def test_revocation_reaches_the_other_replica_at_once(replicas: list[RunningServer]) -> None:
+    first, second = replicas
+    for replica in replicas:
+        assert wait_until(lambda r=replica: r.services.key_events.subscribed.is_set())  # type: ignore[attr-defined]
+    key = httpx.post(
+        first.base_url + "/v1/admin/keys",
+        headers={"Authorization": f"Bearer {first.admin_key}"},
+        json={"role": "developer"},
+    ).json()
+    call = {"prompt": "x", "model": "echo"}
+    bearer = {"Authorization": f"Bearer {key['secret']}"}
+    assert (
+        httpx.post(second.base_url + "/v1/generate", headers=bearer, json=call).status_code == 200
+    )
+    # The clock is frozen, so the second replica's cache never ages: only the Redis event can
+    # make it forget the key.
+    revoked = httpx.post(
+        first.base_url + f"/v1/admin/keys/{key['id']}/revoke",
+        headers={"Authorization": f"Bearer {first.admin_key}"},
+    )
+    assert revoked.status_code == 200
+    assert wait_until(
+        lambda: (
+            httpx.post(second.base_url + "/v1/generate", headers=bearer, json=call).status_code
+            == 401
+        ),
+        timeout_s=1.0,
+    )

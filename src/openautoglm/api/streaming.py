@@ -42,7 +42,7 @@ async def _events(
         yield _event(error_payload(exc))
     finally:
         with anyio.CancelScope(shield=True):
-            await opened.rest.aclose()  # type: ignore[attr-defined]
+            await opened.rest.aclose()
     yield _DONE
 
 

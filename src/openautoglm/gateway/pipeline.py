@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ class OpenStream:
 
     instance: Instance
     first: Chunk
-    rest: AsyncIterator[Chunk]
+    rest: AsyncGenerator[Chunk, None]
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -106,7 +106,7 @@ class Gateway:
         try:
             completion = await collect(_prepend(opened.first, opened.rest))
         finally:
-            await opened.rest.aclose()  # type: ignore[attr-defined]
+            await opened.rest.aclose()
         return Answer(instance=opened.instance, completion=completion, headers=opened.headers)
 
     async def embed(
@@ -131,7 +131,7 @@ class Gateway:
 
     async def _call(
         self, principal: Principal, request: GenerationRequest, instance: Instance, info: _CallInfo
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         started = time.perf_counter()
         outcome, cost = "cancelled", None
         instance.in_flight += 1
