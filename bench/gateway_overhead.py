@@ -1,6 +1,6 @@
-"""Gateway overhead (issue 2): what ``autoglm serve`` costs on top of a bare pass-through proxy.
+"""Gateway overhead (issues 2 and 3): what ``autoglm serve`` costs on top of a bare proxy.
 
-Three targets answer the same small non-streamed chat completion, all on 127.0.0.1:
+Five targets answer the same small non-streamed chat completion, all on 127.0.0.1:
 
   (a) direct   a fake OpenAI-compatible upstream (raw ASGI on uvicorn + uvloop + httptools)
                that answers instantly with a fixed chat.completion;
@@ -8,7 +8,15 @@ Three targets answer the same small non-streamed chat completion, all on 127.0.0
                the floor;
   (c) autoglm  ``autoglm serve`` (1 worker, temporary data dir, one ``openai`` model pointing
                at (a)), called with the platform-admin key: auth, validation, routing, backend,
-               response building.
+               response building (the issue-2 serving core: no limits, no Redis);
+  (d) limits   a second ``autoglm serve`` process (own data dir, same upstream) with ``redis_url``
+               set, called with a developer key whose limits are far above the load: every
+               request runs the rate limiter's acquire and settle Lua scripts in Redis, none is
+               refused;
+  (e) context  the same server as (d), every request naming a conversation context
+               (``X-AutoGLM-Context-Id``): load and window the history, call, store the turn
+               pair. With wrk a Lua ``request()`` rotates over 64 context ids, with the Python
+               generator each client has its own. Informational (two SQLite writes per request).
 
 Each target gets a warm-up, then ``--concurrency`` clients for ``--duration`` seconds, then one
 client for ``--c1-duration`` seconds. The load generator is ``wrk`` when it is on PATH, else a
@@ -16,10 +24,14 @@ Python aiohttp generator in its own process. Rounds interleave the targets; the 
 median of each number over the rounds.
 
 Invariants: every process it starts is stopped before it exits (also on Ctrl-C or an error),
-every loop is bounded by time, and a run where any response was not 200 is reported as invalid.
+every loop is bounded by time, and a run where any response was not 200 is reported as invalid;
+so is a run where (d)/(e) did not really use Redis (the limiter's local fallback took over) or
+(e) stored no turns. Redis keys are only written under the bench key's own scope
+(``autoglm:rl:key:<id>:*``, deleted at the end) and lease records that expire by themselves;
+the Redis database is never flushed.
 
     python bench/gateway_overhead.py [--duration 10] [--concurrency 64] [--rounds 1]
-        [--generator auto|wrk|python] [--json out.json]
+        [--generator auto|wrk|python] [--redis-url redis://127.0.0.1:6379/13] [--json out.json]
 """
 
 from __future__ import annotations
@@ -66,9 +78,29 @@ UPSTREAM_COMPLETION = {
     ],
     "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18},
 }
-TARGET_RPS_AUTOGLM = 1500.0  # issue 2: requests/s through autoglm at 64 concurrency
-TARGET_ADDED_P50_MS = 2.0  # issue 2: p50 added latency at concurrency 1
-TARGETS = ("direct", "proxy", "autoglm")
+TARGET_RPS_AUTOGLM = 1500.0  # issues 2 and 3: requests/s through autoglm at 64 concurrency
+TARGET_ADDED_P50_MS = 2.0  # issues 2 and 3: p50 added latency at concurrency 1
+TARGET_LIMITS_OVER_CORE = 0.8  # issue 3: (d) within 20% of (c) requests/s
+TARGETS = ("direct", "proxy", "autoglm", "limits", "context")
+LABELS = {
+    "direct": "(a) upstream direct",
+    "proxy": "(b) bare proxy",
+    "autoglm": "(c) autoglm",
+    "limits": "(d) autoglm + redis limits",
+    "context": "(e) autoglm + limits + context",
+}
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
+RATE_LIMIT_PREFIX = "autoglm:rl:"  # the server's default key prefix (limits.redis_limiter)
+# Far above anything one machine can send: every request is limited (acquire + settle scripts),
+# none is refused.
+GENEROUS_LIMITS = {
+    "requests_per_minute": 1_000_000_000,
+    "tokens_per_minute": 1_000_000_000_000,
+    "max_concurrent": 100_000,
+}
+CONTEXT_HEADER = "X-AutoGLM-Context-Id"
+NUM_CONTEXTS = 64
+CONTEXT_MAX_TURNS = 4
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
 
@@ -195,6 +227,12 @@ class LoadSpec:
     headers: dict[str, str]
     concurrency: int
     duration_s: int
+    # > 0: each request carries a context id header, ``bench-ctx-<n>`` with n < contexts (wrk:
+    # rotating per request; Python generator: one per client, modulo ``contexts``).
+    contexts: int = 0
+
+    def with_load(self, concurrency: int, duration_s: int) -> LoadSpec:
+        return LoadSpec(self.url, self.headers, concurrency, duration_s, self.contexts)
 
 
 WRK_SCRIPT = """
@@ -221,13 +259,28 @@ function done(summary, latency, requests)
 end
 """
 
+# Appended for a spec with contexts: request n names context n % contexts. With one wrk thread
+# and as many connections as contexts, the requests in flight are consecutive, so a context is
+# mostly used by one connection at a time.
+WRK_CONTEXT_SCRIPT = """
+local sent = 0
+function request()
+  wrk.headers["%(header)s"] = "bench-ctx-" .. (sent %% %(contexts)d)
+  sent = sent + 1
+  return wrk.format()
+end
+"""
+
 
 def run_wrk(spec: LoadSpec, work_dir: Path) -> LoadResult:
     """``wrk --latency`` with a Lua script that sends the body and counts statuses."""
     headers = {"Content-Type": "application/json", **spec.headers}
     lua_headers = "\n".join(f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items())
     script = work_dir / "post.lua"
-    script.write_text(WRK_SCRIPT.format(body=REQUEST_BODY.decode(), headers=lua_headers))
+    text = WRK_SCRIPT.format(body=REQUEST_BODY.decode(), headers=lua_headers)
+    if spec.contexts:
+        text += WRK_CONTEXT_SCRIPT % {"header": CONTEXT_HEADER, "contexts": spec.contexts}
+    script.write_text(text)
     command = [
         "wrk",
         "-t1",
@@ -271,7 +324,10 @@ async def _python_load(spec: LoadSpec, max_requests: int) -> dict[str, Any]:
         started = time.perf_counter()
         deadline = started + spec.duration_s
 
-        async def client() -> None:
+        async def client(index: int) -> None:
+            own_headers = headers
+            if spec.contexts:
+                own_headers = {**headers, CONTEXT_HEADER: f"bench-ctx-{index % spec.contexts}"}
             while (
                 time.perf_counter() < deadline
                 and len(latencies_s) + sum(errors.values()) < max_requests
@@ -279,7 +335,7 @@ async def _python_load(spec: LoadSpec, max_requests: int) -> dict[str, Any]:
                 sent = time.perf_counter()
                 try:
                     async with session.post(
-                        spec.url, data=REQUEST_BODY, headers=headers
+                        spec.url, data=REQUEST_BODY, headers=own_headers
                     ) as response:
                         await response.read()
                 except (TimeoutError, aiohttp.ClientError) as exc:
@@ -288,7 +344,7 @@ async def _python_load(spec: LoadSpec, max_requests: int) -> dict[str, Any]:
                 latencies_s.append(time.perf_counter() - sent)
                 statuses[str(response.status)] += 1
 
-        await asyncio.gather(*(client() for _ in range(spec.concurrency)))
+        await asyncio.gather(*(client(index) for index in range(spec.concurrency)))
         elapsed_s = time.perf_counter() - started
     latencies_s.sort()
 
@@ -394,6 +450,24 @@ class Fleet:
                 process.wait(timeout=STOP_TIMEOUT_S)
 
 
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-case names) and body of one request."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        names = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, names, response.read()
+    finally:
+        connection.close()
+
+
 def http_status(
     port: int,
     method: str,
@@ -401,13 +475,8 @@ def http_status(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
+    status, _, payload = http_request(port, method, path, body, headers)
+    return status, payload
 
 
 def answers(port: int, path: str = "/") -> Callable[[], bool]:
@@ -429,29 +498,80 @@ def autoglm_command() -> list[str]:
     return [found]
 
 
-def start_autoglm(fleet: Fleet, upstream_port: int) -> tuple[int, str]:
-    """``autoglm serve`` on a fresh data dir; returns its port and the platform-admin key."""
+def start_autoglm(
+    fleet: Fleet, name: str, upstream_port: int, extra_config: str = ""
+) -> tuple[int, str]:
+    """``autoglm serve`` on a fresh data dir of its own; returns its port and the admin key."""
     port = free_port()
-    data_dir = fleet.work_dir / "data"
-    config = fleet.work_dir / "autoglm.yaml"
+    data_dir = fleet.work_dir / f"{name}-data"
+    config = fleet.work_dir / f"{name}.yaml"
     config.write_text(
         f"server: {{host: 127.0.0.1, port: {port}, workers: 1}}\n"
         "models:\n"
         f"  - name: {MODEL_NAME}\n"
         "    backend: openai\n"
-        f"    base_url: http://127.0.0.1:{upstream_port}/v1\n"
+        f"    base_url: http://127.0.0.1:{upstream_port}/v1\n" + extra_config
     )
     # Only our settings: an AUTOGLM_* variable of the caller's shell must not change the benchmark.
     env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")}
     env["AUTOGLM_DATA_DIR"] = str(data_dir)
-    fleet.start("autoglm", [*autoglm_command(), "serve", "--config", str(config)], env)
+    fleet.start(name, [*autoglm_command(), "serve", "--config", str(config)], env)
     key_file = data_dir / "admin.key"
-    fleet.wait_until("autoglm", lambda: key_file.exists() and answers(port, "/healthz")())
+    fleet.wait_until(name, lambda: key_file.exists() and answers(port, "/healthz")())
     return port, key_file.read_text().strip()
 
 
-def start_fleet(fleet: Fleet) -> dict[str, LoadSpec]:
-    """Start the three servers; the spec of each target at concurrency 1 (a template)."""
+def open_redis(redis_url: str) -> Any:
+    """A client for the benchmark's own checks; stops here if Redis does not answer."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise RuntimeError(
+            f"Redis at {redis_url} does not answer ({exc}); targets (d) and (e) need it "
+            "(--redis-url)"
+        ) from exc
+    return client
+
+
+def issue_limited_key(port: int, admin_key: str) -> tuple[str, str]:
+    """A developer key with ``GENEROUS_LIMITS``; returns its id and secret."""
+    body = json.dumps({"role": "developer", "name": "bench", "limits": GENEROUS_LIMITS}).encode()
+    headers = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
+    status, payload = http_status(port, "POST", "/v1/admin/keys", body, headers)
+    if status != 201:
+        raise RuntimeError(f"creating the limited key failed: {status} {payload[:500]!r}")
+    created = json.loads(payload)
+    return created["id"], created["secret"]
+
+
+@dataclass
+class LimitsServer:
+    """The (d)/(e) server: how to reach it, its key, and the Redis it limits with."""
+
+    name: str
+    port: int
+    headers: dict[str, str]
+    key_id: str
+    redis: Any
+
+    def rate_limit_keys(self) -> list[bytes]:
+        """This key's rate-limit keys in Redis (its scope only; other keys are never touched)."""
+        pattern = f"{RATE_LIMIT_PREFIX}key:{self.key_id}:*"
+        return list(self.redis.scan_iter(match=pattern, count=1000))
+
+    def cleanup(self) -> None:
+        keys = self.rate_limit_keys()
+        if keys:
+            self.redis.delete(*keys)
+        self.redis.close()
+
+
+def start_fleet(fleet: Fleet, redis_url: str) -> tuple[dict[str, LoadSpec], LimitsServer]:
+    """Start the servers; the spec of each target at concurrency 1 (a template)."""
+    redis_client = open_redis(redis_url)
     upstream_port, proxy_port = free_port(), free_port()
     this = [sys.executable, __file__, "--serve"]
     fleet.start("upstream", [*this, "upstream", "--port", str(upstream_port)])
@@ -468,30 +588,90 @@ def start_fleet(fleet: Fleet) -> dict[str, LoadSpec]:
     )
     fleet.wait_until("upstream", answers(upstream_port))
     fleet.wait_until("proxy", answers(proxy_port))
-    autoglm_port, key = start_autoglm(fleet, upstream_port)
-    auth = {"Authorization": f"Bearer {key}"}
-    ports = {
-        "direct": (upstream_port, {}),
-        "proxy": (proxy_port, {}),
-        "autoglm": (autoglm_port, auth),
-    }
+    autoglm_port, key = start_autoglm(fleet, "autoglm", upstream_port)
+    limits_port, limits_admin_key = start_autoglm(
+        fleet,
+        "autoglm-limits",
+        upstream_port,
+        f"redis_url: {json.dumps(redis_url)}\n"
+        f"contexts: {{default_max_turns: {CONTEXT_MAX_TURNS}}}\n",
+    )
+    key_id, secret = issue_limited_key(limits_port, limits_admin_key)
+    limited = LimitsServer(
+        "autoglm-limits", limits_port, {"Authorization": f"Bearer {secret}"}, key_id, redis_client
+    )
+
+    def spec(port: int, headers: dict[str, str], contexts: int = 0) -> LoadSpec:
+        return LoadSpec(f"http://127.0.0.1:{port}{CHAT_PATH}", headers, 1, 1, contexts)
+
     specs = {
-        name: LoadSpec(f"http://127.0.0.1:{port}{CHAT_PATH}", headers, 1, 1)
-        for name, (port, headers) in ports.items()
+        "direct": spec(upstream_port, {}),
+        "proxy": spec(proxy_port, {}),
+        "autoglm": spec(autoglm_port, {"Authorization": f"Bearer {key}"}),
+        "limits": spec(limits_port, limited.headers),
+        "context": spec(limits_port, limited.headers, NUM_CONTEXTS),
     }
-    for name, spec in specs.items():
-        check_one_request(name, spec)
-    return specs
+    for name, target in specs.items():
+        check_one_request(name, target)
+    check_limits_and_context(limited)
+    return specs, limited
 
 
-def check_one_request(name: str, spec: LoadSpec) -> None:
+def check_one_request(name: str, spec: LoadSpec) -> dict[str, str]:
     """One request before the load: a 200 with a well-formed chat.completion, or stop here."""
     port = int(spec.url.split(":")[2].split("/")[0])
     headers = {"Content-Type": "application/json", **spec.headers}
-    status, body = http_status(port, "POST", CHAT_PATH, REQUEST_BODY, headers)
+    status, response_headers, body = http_request(port, "POST", CHAT_PATH, REQUEST_BODY, headers)
     payload = json.loads(body) if status == 200 else {}
     if payload.get("object") != "chat.completion" or not payload.get("usage"):
         raise RuntimeError(f"{name}: unexpected answer {status}: {body[:500]!r}")
+    return response_headers
+
+
+def check_limits_and_context(server: LimitsServer) -> None:
+    """Before the load: (d)'s requests are limited in Redis, (e)'s land in a context."""
+    spec = LoadSpec(f"http://127.0.0.1:{server.port}{CHAT_PATH}", server.headers, 1, 1)
+    headers = check_one_request("limits", spec)
+    if "x-ratelimit-limit-requests" not in headers:
+        raise RuntimeError(f"limits: no x-ratelimit-* headers, limits not applied: {headers}")
+    if not server.rate_limit_keys():
+        raise RuntimeError(f"limits: no rate-limit keys for key {server.key_id} in Redis")
+    context_id = "bench-ctx-check"
+    check_one_request("context", LoadSpec(spec.url, {**server.headers, CONTEXT_HEADER: context_id}, 1, 1))
+    turns = stored_turns(server, context_id)
+    if turns != 2:
+        raise RuntimeError(f"context: expected 2 stored turns after one call, found {turns}")
+
+
+def stored_turns(server: LimitsServer, context_id: str) -> int | None:
+    status, body = http_status(
+        server.port, "GET", f"/v1/contexts/{context_id}?include_turns=false", headers=server.headers
+    )
+    return json.loads(body)["num_turns"] if status == 200 else None
+
+
+def check_after_load(server: LimitsServer, fleet: Fleet) -> list[str]:
+    """After the rounds: Redis served every limited request, and the contexts were written."""
+    problems = []
+    log = fleet.log_tail(server.name, 200_000)
+    if "is unreachable" in log:
+        problems.append(
+            "limits: the Redis limiter fell back to the local limiter during the run "
+            "(see its log); (d)/(e) did not measure Redis"
+        )
+    if not server.rate_limit_keys():
+        problems.append(f"limits: no rate-limit keys for key {server.key_id} in Redis after the run")
+    concurrency_key = f"{RATE_LIMIT_PREFIX}key:{server.key_id}:conc"
+    unsettled = server.redis.zcard(concurrency_key)
+    if unsettled:
+        problems.append(f"limits: {unsettled} concurrency leases left unsettled in Redis")
+    turns = stored_turns(server, "bench-ctx-0")
+    if not turns or turns > CONTEXT_MAX_TURNS:
+        problems.append(
+            f"context: bench-ctx-0 holds {turns} turns after the run "
+            f"(expected 1..{CONTEXT_MAX_TURNS})"
+        )
+    return problems
 
 
 # --- measurement

@@ -29,6 +29,8 @@ def echo_models() -> list[ModelConfig]:
         ModelConfig(name="echo-broken", backend="echo", fail_rate=1.0),
         ModelConfig(name="echo-flaky", backend="echo", fail_rate=0.3, seed=11),
         ModelConfig(name="echo-regional", backend="echo", region="cn-north-1"),
+        ModelConfig(name="echo-tiny", backend="echo", context_length=1100),
+        ModelConfig(name="echo-summary", backend="echo", reply="they talked about w0"),
         ModelConfig(
             name="echo-pool",
             backend="echo",
@@ -61,7 +63,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     gguf = find_demo_gguf()
     if gguf is not None:
         models = [m for m in demo_models(gguf) if m.name == DEMO_MODEL_NAME] + models
-    running = start_server(settings_for(tmp_path_factory.mktemp("server"), models))
+    settings = settings_for(
+        tmp_path_factory.mktemp("server"), models, contexts={"summary_model": "echo-summary"}
+    )
+    running = start_server(settings)
     yield running
     running.stop()
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openautoglm.backends.demo import demo_models, find_demo_gguf
@@ -70,6 +72,27 @@ class Services:
         await self.engine.dispose()
 
 
+PURGE_INTERVAL_S = 600.0
+
+
+async def purge_expired_contexts(
+    contexts: ContextService, redis: Redis | None, interval_s: float = PURGE_INTERVAL_S
+) -> None:
+    """Delete expired contexts every ``interval_s``; with Redis, one replica per round does it."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            if redis is not None and not await redis.set(
+                "autoglm:lock:purge-contexts", "1", nx=True, ex=int(interval_s * 0.9)
+            ):
+                continue  # another replica purges this round
+            purged = await contexts.purge_expired()
+            if purged:
+                logger.info("purged %d expired contexts", purged)
+        except (OSError, RedisError, SQLAlchemyError) as exc:
+            logger.warning("purging expired contexts failed: %s", exc)
+
+
 def configured_models(settings: Settings) -> list[ModelConfig]:
     """The models to serve: the configured ones, or the built-in demo set."""
     if settings.models:
@@ -98,6 +121,9 @@ def build_catalog(settings: Settings) -> ModelCatalog:
             for config in model.resolved_instances()
         ]
         served.append(ServedModel(model.name, instances))
+    summary_model = settings.contexts.summary_model
+    if summary_model is not None and summary_model not in {model.name for model in served}:
+        raise ConfigError(f"contexts.summary_model '{summary_model}' is not a configured model")
     try:
         return ModelCatalog(served, settings.default_model)
     except ValueError as exc:
@@ -146,7 +172,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         await catalog.close()
         await engine.dispose()
         raise
-    background = []
+    background = [asyncio.ensure_future(purge_expired_contexts(contexts, redis))]
     if isinstance(key_events, RedisKeyEvents):
         background.append(asyncio.ensure_future(key_events.listen()))
     return Services(
@@ -163,6 +189,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
             metrics,
             RequestLimits(build_rate_limiter(settings.redis_url, clock)),
             Conversations(contexts),
+            settings.contexts.summary_model,
         ),
         contexts=contexts,
         admin=TenancyAdmin(store, clock, key_events),

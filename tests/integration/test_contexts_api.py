@@ -167,3 +167,49 @@ def test_context_input_is_validated(http: httpx.Client) -> None:
         assert response.status_code == 400, (body, response.text)
     assert http.get("/v1/contexts", params={"after": "garbage!"}).status_code == 400
     assert http.get("/v1/contexts", params={"label": "nocolon"}).status_code == 400
+
+
+def test_history_is_windowed_and_dropped_turns_summarised(
+    http: httpx.Client, server: RunningServer
+) -> None:
+    """echo-tiny has 1,100 tokens of context; with max_tokens 1,000 about 100 remain for history."""
+    context_id = f"long-{secrets.token_hex(4)}"
+    for index in range(6):
+        words = " ".join(f"w{index}" for _ in range(20))
+        response = http.post(
+            "/v1/generate",
+            json={
+                "prompt": words,
+                "model": "echo-tiny",
+                "context_id": context_id,
+                "max_tokens": 1000,
+            },
+        )
+        assert response.status_code == 200, response.text
+    sent = echo_backend(server, "echo-tiny").last_request
+    assert sent is not None
+    roles = [m.role for m in sent.messages]
+    assert roles[0] == "system" and sent.messages[0].text.startswith(
+        "Summary of earlier conversation"
+    )
+    assert "they talked about w0" in sent.messages[0].text
+    kept = sent.messages[1:]
+    assert roles[1:] == ["user", "assistant"] * ((len(kept) - 1) // 2) + ["user"], roles
+    assert kept[-1].text.startswith("w5")
+    assert all(not m.text.startswith("w0") for m in kept), "the oldest exchange must be dropped"
+    stored = http.get(f"/v1/contexts/{context_id}").json()["turns"]
+    assert len(stored) == 12, "windowing never deletes stored turns"
+
+
+def test_a_prompt_that_cannot_fit_is_refused(http: httpx.Client) -> None:
+    response = http.post(
+        "/v1/generate",
+        json={
+            "prompt": "x " * 200,
+            "model": "echo-tiny",
+            "context_id": "too-big",
+            "max_tokens": 1000,
+        },
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"

@@ -114,6 +114,10 @@ class ContextsSettings(BaseModel):
     )
     default_ttl_s: int | None = Field(default=7 * 24 * 3600, ge=1, description="idle lifetime")
     default_max_turns: int | None = Field(default=200, ge=2)
+    summary_model: str | None = Field(
+        default=None,
+        description="model that summarises turns dropped from the window (none: just drop them)",
+    )
 
 
 class Settings(BaseSettings):

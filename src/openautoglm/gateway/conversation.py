@@ -5,23 +5,28 @@ for the first to finish (FIFO, within a replica; across replicas the store keeps
 of turns adjacent and orders calls by commit). The history is fitted into the model's context
 length minus the answer's ``max_tokens``: the system prompt stays, the oldest exchanges go first,
 an exchange is never split. Only a finished answer is stored (user turn + assistant turn,
-atomically); a failed or abandoned call leaves the context as it was.
+atomically); a failed or abandoned call leaves the context as it was. With a summary model
+configured, dropped exchanges are summarised into a system message instead of vanishing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 
+from openautoglm.contexts.model import Turn as StoredTurn
 from openautoglm.contexts.service import ContextService
-from openautoglm.contexts.windowing import TokenCounter, fit_history
+from openautoglm.contexts.windowing import TokenCounter, fit_history, with_summary
 from openautoglm.core.errors import InvalidRequestError
 from openautoglm.core.types import Completion, GenerationRequest, Message
 from openautoglm.tenancy.model import Principal
 
 DEFAULT_CONTEXT_LENGTH = 8192
 DEFAULT_ANSWER_TOKENS = 1024
+SUMMARY_ALLOWANCE_TOKENS = 256  # room kept for the summary (at most a quarter of the window)
+
+Summarise = Callable[[Sequence[StoredTurn]], Awaitable[str]]
 
 
 @dataclass(slots=True)
@@ -35,8 +40,9 @@ class Turn:
 class Conversations:
     """Loads and stores context history around a call."""
 
-    def __init__(self, contexts: ContextService) -> None:
+    def __init__(self, contexts: ContextService, summarise: Summarise | None = None) -> None:
         self._contexts = contexts
+        self.summarise = summarise
 
     @asynccontextmanager
     async def turn(
@@ -64,13 +70,25 @@ class Conversations:
             window = fit_history(
                 context.system_prompt, history, request.messages, budget, count_tokens
             )
+            messages = window.messages
+            if window.dropped_turns and self.summarise is not None:
+                # Refit leaving room for the summary, then summarise everything left out.
+                window = fit_history(
+                    context.system_prompt,
+                    history,
+                    request.messages,
+                    budget - min(SUMMARY_ALLOWANCE_TOKENS, budget // 4),
+                    count_tokens,
+                )
+                summary = await self.summarise(window.dropped_turns)
+                messages = with_summary(window.messages, summary)
             new_user_turns = [m for m in request.messages if m.role != "system"]
             stored: list[Completion] = []
 
             def record(completion: Completion) -> None:
                 stored.append(completion)
 
-            yield Turn(replace(request, messages=window.messages), record)
+            yield Turn(replace(request, messages=tuple(messages)), record)
             if stored:
                 await self._contexts.append_turns(
                     tenant_id,

@@ -22,10 +22,20 @@ from typing import Any
 
 from openautoglm.backends.base import collect
 from openautoglm.backends.text import count_tokens
+from openautoglm.contexts.model import Turn as StoredTurn
 from openautoglm.contexts.windowing import TokenCounter, make_token_counter
 from openautoglm.core.errors import InvalidRequestError, OpenAutoGLMError
-from openautoglm.core.types import Chunk, Completion, Embeddings, GenerationRequest, Usage
-from openautoglm.gateway.conversation import Conversations
+from openautoglm.core.ids import new_object_id
+from openautoglm.core.types import (
+    Chunk,
+    Completion,
+    Embeddings,
+    GenerationRequest,
+    Message,
+    SamplingParams,
+    Usage,
+)
+from openautoglm.gateway.conversation import SUMMARY_ALLOWANCE_TOKENS, Conversations
 from openautoglm.gateway.limiting import RequestLimits
 from openautoglm.gateway.routing import authorised_model, choose_instance
 from openautoglm.limits.headers import ratelimit_headers
@@ -35,6 +45,10 @@ from openautoglm.tenancy.auth import Authenticator
 from openautoglm.tenancy.model import Principal
 
 _ESTIMATE = make_token_counter(count_tokens)
+SUMMARY_INSTRUCTION = (
+    "Summarise the following earlier part of a conversation in a few sentences, keeping names, "
+    "numbers and decisions. Answer with the summary only."
+)
 
 
 @dataclass(slots=True)
@@ -71,6 +85,7 @@ class Gateway:
         metrics: GatewayMetrics,
         limits: RequestLimits,
         conversations: Conversations,
+        summary_model: str | None = None,
     ) -> None:
         self.catalog = catalog
         self._authenticator = authenticator
@@ -78,6 +93,9 @@ class Gateway:
         self._limits = limits
         self._conversations = conversations
         self._detached: set[asyncio.Task[Any]] = set()
+        self.summary_model = summary_model
+        if summary_model is not None and conversations.summarise is None:
+            conversations.summarise = self._summarise
 
     async def authenticate(self, secret: str | None) -> Principal:
         return await self._authenticator.authenticate(secret)
@@ -124,6 +142,24 @@ class Gateway:
         embeddings = await instance.backend.embed(inputs)
         self._metrics.observe(instance, "ok", time.perf_counter() - started, embeddings.usage)
         return instance, embeddings
+
+    async def _summarise(self, turns: Sequence[StoredTurn]) -> str:
+        """A few sentences on turns that no longer fit the window (by ``summary_model``)."""
+        if self.summary_model is None:
+            return ""
+        transcript = "\n".join(f"{turn.role}: {turn.content}" for turn in turns)
+        request = GenerationRequest(
+            request_id=new_object_id("sum"),
+            model=self.summary_model,
+            kind="chat",
+            messages=(
+                Message(role="system", content=SUMMARY_INSTRUCTION),
+                Message(role="user", content=transcript),
+            ),
+            params=SamplingParams(temperature=0, max_tokens=SUMMARY_ALLOWANCE_TOKENS // 2),
+        )
+        instance = self.catalog.get(self.summary_model).pick()
+        return (await collect(instance.backend.generate(request))).text.strip()
 
     async def close(self) -> None:
         await asyncio.gather(*self._detached, return_exceptions=True)
