@@ -637,7 +637,9 @@ def check_limits_and_context(server: LimitsServer) -> None:
     if not server.rate_limit_keys():
         raise RuntimeError(f"limits: no rate-limit keys for key {server.key_id} in Redis")
     context_id = "bench-ctx-check"
-    check_one_request("context", LoadSpec(spec.url, {**server.headers, CONTEXT_HEADER: context_id}, 1, 1))
+    check_one_request(
+        "context", LoadSpec(spec.url, {**server.headers, CONTEXT_HEADER: context_id}, 1, 1)
+    )
     turns = stored_turns(server, context_id)
     if turns != 2:
         raise RuntimeError(f"context: expected 2 stored turns after one call, found {turns}")
@@ -660,7 +662,9 @@ def check_after_load(server: LimitsServer, fleet: Fleet) -> list[str]:
             "(see its log); (d)/(e) did not measure Redis"
         )
     if not server.rate_limit_keys():
-        problems.append(f"limits: no rate-limit keys for key {server.key_id} in Redis after the run")
+        problems.append(
+            f"limits: no rate-limit keys for key {server.key_id} in Redis after the run"
+        )
     concurrency_key = f"{RATE_LIMIT_PREFIX}key:{server.key_id}:conc"
     unsettled = server.redis.zcard(concurrency_key)
     if unsettled:
@@ -686,7 +690,13 @@ class TargetRound:
     cpu_us_per_request: float | None
 
 
-SERVER_OF = {"direct": "upstream", "proxy": "proxy", "autoglm": "autoglm"}
+SERVER_OF = {
+    "direct": "upstream",
+    "proxy": "proxy",
+    "autoglm": "autoglm",
+    "limits": "autoglm-limits",
+    "context": "autoglm-limits",
+}
 
 
 def measure_round(
@@ -704,13 +714,11 @@ def measure_round(
             file=sys.stderr,
             flush=True,
         )
-        generate(LoadSpec(base.url, base.headers, args.concurrency, args.warmup), fleet.work_dir)
+        generate(base.with_load(args.concurrency, args.warmup), fleet.work_dir)
         cpu_before_s = fleet.cpu_seconds(SERVER_OF[name])
-        loaded = generate(
-            LoadSpec(base.url, base.headers, args.concurrency, args.duration), fleet.work_dir
-        )
+        loaded = generate(base.with_load(args.concurrency, args.duration), fleet.work_dir)
         cpu_after_s = fleet.cpu_seconds(SERVER_OF[name])
-        single = generate(LoadSpec(base.url, base.headers, 1, args.c1_duration), fleet.work_dir)
+        single = generate(base.with_load(1, args.c1_duration), fleet.work_dir)
         cpu_us = None
         if cpu_before_s is not None and cpu_after_s is not None and loaded.num_requests:
             cpu_us = (cpu_after_s - cpu_before_s) / loaded.num_requests * 1e6
@@ -731,6 +739,11 @@ def summarise(round_: dict[str, TargetRound]) -> dict[str, float]:
         if result.cpu_us_per_request is not None:
             summary[f"{name}_cpu_us_per_request"] = result.cpu_us_per_request
     summary["autoglm_over_proxy_rps"] = summary["autoglm_rps"] / summary["proxy_rps"]
+    summary["limits_over_autoglm_rps"] = summary["limits_rps"] / summary["autoglm_rps"]
+    summary["context_over_limits_rps"] = summary["context_rps"] / summary["limits_rps"]
+    summary["limits_c1_over_autoglm_p50_ms"] = (
+        summary["limits_c1_p50_ms"] - summary["autoglm_c1_p50_ms"]
+    )
     return summary
 
 
@@ -770,11 +783,10 @@ def print_report(
         "server CPU / req",
     ):
         table.add_column(column, justify="left" if column == "target" else "right")
-    labels = {"direct": "(a) upstream direct", "proxy": "(b) bare proxy", "autoglm": "(c) autoglm"}
     for name in TARGETS:
         added = "-" if name == "direct" else f"{median[f'{name}_c1_added_p50_ms']:+.3f} ms"
         table.add_row(
-            labels[name],
+            LABELS[name],
             f"{median[f'{name}_rps']:,.0f}",
             f"{median[f'{name}_p50_ms']:.2f} ms",
             f"{median[f'{name}_p99_ms']:.2f} ms",
@@ -787,12 +799,18 @@ def print_report(
     console.print(
         f"autoglm RPS / bare proxy RPS: [bold]{median['autoglm_over_proxy_rps']:.2f}[/bold]"
     )
-    if "autoglm_cpu_us_per_request" in median:
-        cpu_us = median["autoglm_cpu_us_per_request"]
-        console.print(
-            f"autoglm spends {cpu_us:.0f} µs of CPU per request: at most ~{1e6 / cpu_us:,.0f} "
-            "req/s from one worker with a whole core to itself"
-        )
+    console.print(
+        f"(d) limits RPS / (c) autoglm RPS: [bold]{median['limits_over_autoglm_rps']:.2f}[/bold]; "
+        f"(d) adds {median['limits_c1_over_autoglm_p50_ms']:+.3f} ms p50 over (c) at one "
+        f"connection; (e) context RPS / (d) RPS: {median['context_over_limits_rps']:.2f}"
+    )
+    for name in ("autoglm", "limits", "context"):
+        if f"{name}_cpu_us_per_request" in median:
+            cpu_us = median[f"{name}_cpu_us_per_request"]
+            console.print(
+                f"{LABELS[name]} spends {cpu_us:.0f} µs of CPU per request: at most "
+                f"~{1e6 / cpu_us:,.0f} req/s from one worker with a whole core to itself"
+            )
     console.print(
         f"load generator: [bold]{meta['generator']}[/bold]; {meta['cpu_count']} CPU cores shared "
         "by the load generator and the servers (no pinning), so absolute numbers are a floor."
@@ -809,28 +827,57 @@ def _cpu_cell(cpu_us: float | None) -> str:
 
 
 def verdict(median: dict[str, float], problems: list[str]) -> dict[str, str]:
+    """Issue 2 ((c) alone) and issue 3 ((d): the same bars, and within 20% of (c))."""
     if problems:
-        return {"rps": "INVALID", "added_p50": "INVALID"}
+        return dict.fromkeys(("rps", "added_p50", "i3_rps", "i3_ratio", "i3_added_p50"), "INVALID")
+
+    def passes(ok: bool) -> str:
+        return "PASS" if ok else "FAIL"
+
     return {
-        "rps": "PASS" if median["autoglm_rps"] >= TARGET_RPS_AUTOGLM else "FAIL",
-        "added_p50": "PASS" if median["autoglm_c1_added_p50_ms"] <= TARGET_ADDED_P50_MS else "FAIL",
+        "rps": passes(median["autoglm_rps"] >= TARGET_RPS_AUTOGLM),
+        "added_p50": passes(median["autoglm_c1_added_p50_ms"] <= TARGET_ADDED_P50_MS),
+        "i3_rps": passes(median["limits_rps"] >= TARGET_RPS_AUTOGLM),
+        "i3_ratio": passes(median["limits_over_autoglm_rps"] >= TARGET_LIMITS_OVER_CORE),
+        "i3_added_p50": passes(median["limits_c1_added_p50_ms"] <= TARGET_ADDED_P50_MS),
     }
 
 
 def print_verdict(console: Any, median: dict[str, float], problems: list[str]) -> None:
     outcome = verdict(median, problems)
     colour = {"PASS": "green", "FAIL": "red", "INVALID": "yellow"}
-    console.print(
-        f"issue 2 target: >= {TARGET_RPS_AUTOGLM:,.0f} req/s through autoglm at 64 concurrency: "
-        f"{median['autoglm_rps']:,.0f} -> [{colour[outcome['rps']]}]{outcome['rps']}[/]"
+
+    def line(text: str, measured: str, key: str) -> None:
+        console.print(f"{text}: {measured} -> [{colour[outcome[key]]}]{outcome[key]}[/]")
+
+    line(
+        f"issue 2 target: >= {TARGET_RPS_AUTOGLM:,.0f} req/s through (c) autoglm at 64 concurrency",
+        f"{median['autoglm_rps']:,.0f}",
+        "rps",
     )
-    console.print(
-        f"issue 2 target: p50 added latency <= {TARGET_ADDED_P50_MS} ms at concurrency 1: "
-        f"{median['autoglm_c1_added_p50_ms']:.3f} ms -> "
-        f"[{colour[outcome['added_p50']]}]{outcome['added_p50']}[/]"
+    line(
+        f"issue 2 target: (c) p50 added latency <= {TARGET_ADDED_P50_MS} ms at concurrency 1",
+        f"{median['autoglm_c1_added_p50_ms']:.3f} ms",
+        "added_p50",
     )
-    for line in problems:
-        console.print(f"[yellow]non-200 / failed requests, results not valid:[/yellow] {line}")
+    line(
+        f"issue 3 target: >= {TARGET_RPS_AUTOGLM:,.0f} req/s through (d) autoglm + redis limits",
+        f"{median['limits_rps']:,.0f}",
+        "i3_rps",
+    )
+    line(
+        f"issue 3 target: (d) within {1 - TARGET_LIMITS_OVER_CORE:.0%} of (c) requests/s "
+        f"(ratio >= {TARGET_LIMITS_OVER_CORE})",
+        f"{median['limits_over_autoglm_rps']:.2f}",
+        "i3_ratio",
+    )
+    line(
+        f"issue 3 target: (d) p50 added latency <= {TARGET_ADDED_P50_MS} ms at concurrency 1",
+        f"{median['limits_c1_added_p50_ms']:.3f} ms",
+        "i3_added_p50",
+    )
+    for problem in problems:
+        console.print(f"[yellow]non-200 / failed requests, results not valid:[/yellow] {problem}")
 
 
 def machine_info(generator: str) -> dict[str, Any]:
@@ -871,6 +918,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--redis-url",
+        default=DEFAULT_REDIS_URL,
+        help="Redis for targets (d) and (e); only the bench key's own rate-limit keys are "
+        "written and deleted, the database is never flushed (default: %(default)s)",
+    )
     parser.add_argument("--serve", choices=("upstream", "proxy"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -910,18 +963,23 @@ def run_benchmark(args: argparse.Namespace) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="autoglm-bench-") as tmp, terminate_on_sigterm():
         fleet = Fleet(Path(tmp))
+        limited: LimitsServer | None = None
         try:
-            specs = start_fleet(fleet)
+            specs, limited = start_fleet(fleet, args.redis_url)
             rounds = []
             for index in range(args.rounds):
                 print(f"round {index + 1}/{args.rounds}", file=sys.stderr, flush=True)
                 rounds.append(measure_round(specs, args, generate, fleet))
+            after_problems = check_after_load(limited, fleet)
         finally:
             fleet.stop()
+            if limited is not None:
+                limited.cleanup()
     meta["load_before"], meta["load_after"] = load_before, os.getloadavg()[0]
+    meta["redis_url"] = args.redis_url
     summaries = [summarise(round_) for round_ in rounds]
     median = {key: statistics.median(s[key] for s in summaries) for key in summaries[0]}
-    problems = bad_runs(rounds)
+    problems = bad_runs(rounds) + after_problems
     print_report(median, args, meta, problems)
     if args.json:
         report = {

@@ -130,3 +130,33 @@ def test_keys_create_for_unknown_tenant_fails_cleanly(tmp_path: Path) -> None:
     result = run(["keys", "create", "--tenant", "ghost"], tmp_path)
     assert result.returncode == 1
     assert "ghost" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_tenants_and_key_lifecycle_from_the_cli(tmp_path: Path) -> None:
+    data_dir, config = tmp_path / "data", echo_config(tmp_path)
+    created = run(["tenants", "create", "sales", "--rpm", "60", "--config", str(config)], data_dir)
+    assert created.returncode == 0, created.stderr
+    listed = run(["tenants", "list", "--config", str(config)], data_dir)
+    assert "sales" in listed.stdout and "requests_per_minute=60" in listed.stdout
+    issued = run(["keys", "create", "--tenant", "sales", "--config", str(config)], data_dir)
+    assert issued.returncode == 0, issued.stderr
+    key_id = re.search(r"Created key (key_\w+)", issued.stderr)
+    assert key_id is not None
+    rotated = run(
+        ["keys", "rotate", key_id.group(1), "--tenant", "sales", "--config", str(config)], data_dir
+    )
+    assert rotated.returncode == 0 and rotated.stdout.strip().startswith("sk-agl-")
+    keys = run(["keys", "list", "--tenant", "sales", "--config", str(config)], data_dir).stdout
+    assert keys.count("revoked") == 1 and keys.count("active") == 1
+    again = run(
+        ["keys", "revoke", key_id.group(1), "--tenant", "sales", "--config", str(config)], data_dir
+    )
+    assert again.returncode == 0
+    wrong_tenant = run(
+        ["keys", "revoke", key_id.group(1), "--tenant", "default", "--config", str(config)],
+        data_dir,
+    )
+    assert wrong_tenant.returncode == 1 and "not found" in wrong_tenant.stderr
+    disabled = run(["tenants", "update", "sales", "--disable", "--config", str(config)], data_dir)
+    assert disabled.returncode == 0
+    assert "disabled" in run(["tenants", "list", "--config", str(config)], data_dir).stdout

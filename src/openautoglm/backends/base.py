@@ -47,6 +47,10 @@ class Backend(Protocol):
         """Backend-specific gauges and counters, folded into ``/metrics``."""
 
 
+# A backend that knows its tokenizer may also offer ``count_text_tokens(text) -> int``; the
+# gateway then fits context windows with exact counts instead of an estimate.
+
+
 async def collect(chunks: AsyncIterator[Chunk]) -> Completion:
     """Gather a chunk stream into one completion."""
     parts: list[str] = []

@@ -285,6 +285,10 @@ class TransformersBackend:
         """The loaded tokenizer (for tools and tests)."""
         return self._require_engine().tokenizer
 
+    def count_text_tokens(self, text: str) -> int:
+        """Exact token count with the model's own tokenizer (used to fit context windows)."""
+        return len(self._require_engine().tokenizer.encode(text, add_special_tokens=False))
+
     async def start(self) -> None:
         if self._engine is not None:
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +12,8 @@ from rich.console import Console
 from openautoglm.config.settings import ConfigError, Settings, load_settings
 
 err = Console(stderr=True)
+# Piped output (scripts, CI) gets wide tables instead of 80-column wrapping.
+out = Console(width=None if sys.stdout.isatty() else 200)
 
 ConfigOption = Annotated[
     Path | None,

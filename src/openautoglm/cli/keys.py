@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, TypeVar
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 
-from openautoglm.cli.common import ConfigOption, err, settings_or_exit
+from openautoglm.cli.common import ConfigOption, err, out, settings_or_exit
 from openautoglm.cli.session import OPERATOR, admin_session
 from openautoglm.core.errors import OpenAutoGLMError
 from openautoglm.tenancy.admin import TenancyAdmin
@@ -19,7 +18,6 @@ from openautoglm.tenancy.model import ApiKey, IssuedKey, Role
 from openautoglm.tenancy.service import DEFAULT_TENANT
 
 app = typer.Typer(help="Create, list, revoke and rotate API keys.", no_args_is_help=True)
-out = Console()
 T = TypeVar("T")
 
 TenantOption = Annotated[str, typer.Option(help="tenant name")]

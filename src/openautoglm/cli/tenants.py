@@ -5,17 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from openautoglm.cli.common import ConfigOption, err
+from openautoglm.cli.common import ConfigOption, err, out
 from openautoglm.cli.keys import run_admin
 from openautoglm.cli.session import OPERATOR
 from openautoglm.tenancy.admin import TenancyAdmin
 from openautoglm.tenancy.model import Tenant
 
 app = typer.Typer(help="Create, list and change tenants.", no_args_is_help=True)
-out = Console()
 
 
 def _limits(

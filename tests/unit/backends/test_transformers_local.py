@@ -359,3 +359,10 @@ async def test_refuses_images_without_vision(backend: TransformersBackend) -> No
     request = GenerationRequest("r", "smollm2", "chat", messages=(Message("user", parts),))
     with pytest.raises(InvalidRequestError):
         await collect(backend.generate(request))
+
+
+@model_test
+async def test_counts_tokens_with_its_own_tokenizer(backend: TransformersBackend) -> None:
+    text = "季度销售趋势 quarterly sales trend"
+    assert backend.count_text_tokens(text) == len(backend.tokenizer.encode(text))
+    assert backend.count_text_tokens("") == 0
