@@ -652,28 +652,51 @@ def stored_turns(server: LimitsServer, context_id: str) -> int | None:
     return json.loads(body)["num_turns"] if status == 200 else None
 
 
-def check_after_load(server: LimitsServer, fleet: Fleet) -> list[str]:
+@dataclass(frozen=True)
+class Problem:
+    """Something that makes a target's numbers invalid."""
+
+    target: str
+    text: str
+
+
+def check_after_load(server: LimitsServer, fleet: Fleet) -> list[Problem]:
     """After the rounds: Redis served every limited request, and the contexts were written."""
     problems = []
-    log = fleet.log_tail(server.name, 200_000)
+    log = fleet.log_tail(server.name, 2_000_000)
     if "is unreachable" in log:
-        problems.append(
-            "limits: the Redis limiter fell back to the local limiter during the run "
-            "(see its log); (d)/(e) did not measure Redis"
-        )
+        for target in ("limits", "context"):
+            problems.append(
+                Problem(
+                    target,
+                    "the Redis limiter fell back to the local limiter during the run (see "
+                    "its log): these numbers are not Redis's",
+                )
+            )
     if not server.rate_limit_keys():
         problems.append(
-            f"limits: no rate-limit keys for key {server.key_id} in Redis after the run"
+            Problem("limits", f"no rate-limit keys for key {server.key_id} in Redis after the run")
         )
     concurrency_key = f"{RATE_LIMIT_PREFIX}key:{server.key_id}:conc"
     unsettled = server.redis.zcard(concurrency_key)
     if unsettled:
-        problems.append(f"limits: {unsettled} concurrency leases left unsettled in Redis")
+        problems.append(Problem("limits", f"{unsettled} concurrency leases left unsettled"))
+    num_locked = log.count("database is locked")
+    if num_locked:
+        problems.append(
+            Problem(
+                "context",
+                f"'database is locked' appears {num_locked} times in the server log (SQLite "
+                "write lock held by another connection; see BENCHMARKS.md, issue 3)",
+            )
+        )
     turns = stored_turns(server, "bench-ctx-0")
     if not turns or turns > CONTEXT_MAX_TURNS:
         problems.append(
-            f"context: bench-ctx-0 holds {turns} turns after the run "
-            f"(expected 1..{CONTEXT_MAX_TURNS})"
+            Problem(
+                "context",
+                f"bench-ctx-0 holds {turns} turns after the run (expected 1..{CONTEXT_MAX_TURNS})",
+            )
         )
     return problems
 
@@ -747,24 +770,31 @@ def summarise(round_: dict[str, TargetRound]) -> dict[str, float]:
     return summary
 
 
-def bad_runs(rounds: list[dict[str, TargetRound]]) -> list[str]:
-    lines = []
+def bad_runs(rounds: list[dict[str, TargetRound]]) -> list[Problem]:
+    """Runs with a non-200, a socket error, or no answer at all."""
+    problems = []
     for index, round_ in enumerate(rounds, 1):
         for name, result in round_.items():
             for run in (result.loaded, result.single):
-                if run.bad_responses:
-                    lines.append(
-                        f"round {index} {name} c={run.concurrency}: statuses {run.statuses} "
-                        f"socket errors {run.socket_errors}"
+                if run.bad_responses or not run.num_requests:
+                    problems.append(
+                        Problem(
+                            name,
+                            f"round {index} c={run.concurrency}: {run.num_requests} answers, "
+                            f"statuses {run.statuses}, socket errors {run.socket_errors}",
+                        )
                     )
-    return lines
+    return problems
 
 
 # --- report
 
 
 def print_report(
-    median: dict[str, float], args: argparse.Namespace, meta: dict[str, Any], problems: list[str]
+    median: dict[str, float],
+    args: argparse.Namespace,
+    meta: dict[str, Any],
+    problems: list[Problem],
 ) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -783,10 +813,11 @@ def print_report(
         "server CPU / req",
     ):
         table.add_column(column, justify="left" if column == "target" else "right")
+    invalid = {problem.target for problem in problems}
     for name in TARGETS:
         added = "-" if name == "direct" else f"{median[f'{name}_c1_added_p50_ms']:+.3f} ms"
         table.add_row(
-            LABELS[name],
+            LABELS[name] + (" [yellow]INVALID[/]" if name in invalid else ""),
             f"{median[f'{name}_rps']:,.0f}",
             f"{median[f'{name}_p50_ms']:.2f} ms",
             f"{median[f'{name}_p99_ms']:.2f} ms",
@@ -826,24 +857,29 @@ def _cpu_cell(cpu_us: float | None) -> str:
     return "-" if cpu_us is None else f"{cpu_us:.0f} µs"
 
 
-def verdict(median: dict[str, float], problems: list[str]) -> dict[str, str]:
-    """Issue 2 ((c) alone) and issue 3 ((d): the same bars, and within 20% of (c))."""
-    if problems:
-        return dict.fromkeys(("rps", "added_p50", "i3_rps", "i3_ratio", "i3_added_p50"), "INVALID")
+def verdict(median: dict[str, float], problems: list[Problem]) -> dict[str, str]:
+    """Issue 2 ((c) alone) and issue 3 ((d): the same bars, and within 20% of (c)).
 
-    def passes(ok: bool) -> str:
+    A verdict is INVALID when a target it reads had a problem; (e) is in none of them.
+    """
+    invalid = {problem.target for problem in problems}
+
+    def passes(ok: bool, *targets: str) -> str:
+        if invalid.intersection(targets):
+            return "INVALID"
         return "PASS" if ok else "FAIL"
 
+    i2, i3 = ("direct", "autoglm"), ("direct", "autoglm", "limits")
     return {
-        "rps": passes(median["autoglm_rps"] >= TARGET_RPS_AUTOGLM),
-        "added_p50": passes(median["autoglm_c1_added_p50_ms"] <= TARGET_ADDED_P50_MS),
-        "i3_rps": passes(median["limits_rps"] >= TARGET_RPS_AUTOGLM),
-        "i3_ratio": passes(median["limits_over_autoglm_rps"] >= TARGET_LIMITS_OVER_CORE),
-        "i3_added_p50": passes(median["limits_c1_added_p50_ms"] <= TARGET_ADDED_P50_MS),
+        "rps": passes(median["autoglm_rps"] >= TARGET_RPS_AUTOGLM, *i2),
+        "added_p50": passes(median["autoglm_c1_added_p50_ms"] <= TARGET_ADDED_P50_MS, *i2),
+        "i3_rps": passes(median["limits_rps"] >= TARGET_RPS_AUTOGLM, *i3),
+        "i3_ratio": passes(median["limits_over_autoglm_rps"] >= TARGET_LIMITS_OVER_CORE, *i3),
+        "i3_added_p50": passes(median["limits_c1_added_p50_ms"] <= TARGET_ADDED_P50_MS, *i3),
     }
 
 
-def print_verdict(console: Any, median: dict[str, float], problems: list[str]) -> None:
+def print_verdict(console: Any, median: dict[str, float], problems: list[Problem]) -> None:
     outcome = verdict(median, problems)
     colour = {"PASS": "green", "FAIL": "red", "INVALID": "yellow"}
 
@@ -877,7 +913,7 @@ def print_verdict(console: Any, median: dict[str, float], problems: list[str]) -
         "i3_added_p50",
     )
     for problem in problems:
-        console.print(f"[yellow]non-200 / failed requests, results not valid:[/yellow] {problem}")
+        console.print(f"[yellow]{LABELS[problem.target]} not valid:[/yellow] {problem.text}")
 
 
 def machine_info(generator: str) -> dict[str, Any]:
@@ -899,6 +935,9 @@ def machine_info(generator: str) -> dict[str, Any]:
         "uvicorn": uvicorn.__version__,
         "uvloop": version("uvloop"),
         "aiohttp": aiohttp.__version__,
+        "redis-py": version("redis"),
+        "sqlalchemy": version("sqlalchemy"),
+        "aiosqlite": version("aiosqlite"),
     }
 
 
@@ -992,7 +1031,7 @@ def run_benchmark(args: argparse.Namespace) -> int:
             "machine": meta,
             "median": median,
             "verdict": verdict(median, problems),
-            "problems": problems,
+            "problems": [asdict(problem) for problem in problems],
             "rounds": [{n: asdict(r) for n, r in rd.items()} for rd in rounds],
         }
         args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
