@@ -37,6 +37,7 @@ from openautoglm.contexts.ports import (
 )
 from openautoglm.core.errors import ConflictError
 from openautoglm.core.ids import new_object_id
+from openautoglm.store.database import shielded
 from openautoglm.store.tables import context_turns, contexts
 
 _DELETE_CHUNK = 500
@@ -128,6 +129,7 @@ class SqlContextStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @shielded
     async def create(self, context: Context) -> None:
         now = _utc(context.created_at)
         try:
@@ -160,18 +162,21 @@ class SqlContextStore:
                 f"context '{context.id}' already exists", code="context_exists"
             ) from exc
 
+    @shielded
     async def get(self, tenant_id: str, context_id: str, *, now: datetime) -> Context | None:
         query = select(contexts).where(_named(tenant_id, context_id), _live(_utc(now)))
         async with self._engine.connect() as connection:
             row = (await connection.execute(query)).first()
         return None if row is None else _context(row)
 
+    @shielded
     async def delete(self, tenant_id: str, context_id: str, *, now: datetime) -> bool:
         moment = _utc(now)
         async with self._engine.begin() as connection:
             rows = await _delete_where(connection, _named(tenant_id, context_id))
         return any(_is_live(_aware(row.expires_at), moment) for row in rows)
 
+    @shielded
     async def turns(self, tenant_id: str, context_id: str, *, now: datetime) -> list[Turn]:
         query = (
             select(context_turns)
@@ -183,6 +188,7 @@ class SqlContextStore:
             rows = (await connection.execute(query)).all()
         return [_turn(context_id, row) for row in rows]
 
+    @shielded
     async def append_turns(
         self, tenant_id: str, context_id: str, turns: Sequence[TurnInput], now: datetime
     ) -> list[Turn]:
@@ -272,6 +278,7 @@ class SqlContextStore:
             )
         return len(rows) - num_dropped
 
+    @shielded
     async def purge_expired(self, now: datetime) -> int:
         moment = _utc(now)
         expired = and_(contexts.c.expires_at.is_not(None), contexts.c.expires_at <= moment)
@@ -280,6 +287,7 @@ class SqlContextStore:
         return len(rows)
 
     # ``list`` comes last: a method of that name shadows the builtin in later annotations.
+    @shielded
     async def list(
         self,
         tenant_id: str,

@@ -7,8 +7,11 @@ survives ``kill -9`` of the process.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -26,6 +29,34 @@ def _set_sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.close()
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def shielded(method: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Run a store call to its end even when the calling request is cancelled.
+
+    A request is cancelled when its client disconnects. Cancelling a task in the middle of a
+    database call can leave the connection checked out mid-transaction — with SQLite, holding
+    the write lock until the process exits (seen under load). So the call runs as its own task:
+    the caller stops waiting, the transaction still commits or rolls back and frees its connection.
+    """
+
+    @functools.wraps(method)
+    async def run_to_the_end(*args: P.args, **kwargs: P.kwargs) -> T:
+        task = asyncio.ensure_future(method(*args, **kwargs))
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
+    return run_to_the_end
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    # Nobody may be waiting any more; fetch the outcome so asyncio does not report it as lost.
+    if not task.cancelled():
+        task.exception()
 
 
 def create_engine(database_url: str) -> AsyncEngine:

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openautoglm.core.errors import ConflictError
+from openautoglm.store.database import shielded
 from openautoglm.store.tables import api_keys, tenants
 from openautoglm.tenancy.model import ApiKey, LimitValues, Role, Tenant
 
@@ -86,6 +87,7 @@ class SqlTenancyStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
+    @shielded
     async def add_tenant(self, tenant: Tenant) -> None:
         try:
             async with self._engine.begin() as connection:
@@ -103,9 +105,11 @@ class SqlTenancyStore:
                 f"tenant '{tenant.name}' already exists", code="tenant_exists"
             ) from exc
 
+    @shielded
     async def tenant_by_name(self, name: str) -> Tenant | None:
         return await self._one_tenant(tenants.c.name == name)
 
+    @shielded
     async def tenant_by_id(self, tenant_id: str) -> Tenant | None:
         return await self._one_tenant(tenants.c.id == tenant_id)
 
@@ -114,16 +118,19 @@ class SqlTenancyStore:
             row = (await connection.execute(select(tenants).where(condition))).first()
         return None if row is None else _tenant(row)
 
+    @shielded
     async def count_tenants(self) -> int:
         async with self._engine.connect() as connection:
             count = await connection.scalar(select(func.count()).select_from(tenants))
         return int(count or 0)
 
+    @shielded
     async def list_tenants(self) -> list[Tenant]:
         query = select(tenants).order_by(tenants.c.created_at, tenants.c.id)
         async with self._engine.connect() as connection:
             return [_tenant(row) for row in (await connection.execute(query)).all()]
 
+    @shielded
     async def save_tenant(self, tenant: Tenant) -> None:
         async with self._engine.begin() as connection:
             await connection.execute(
@@ -132,6 +139,7 @@ class SqlTenancyStore:
                 .values(limits=_dump_limits(tenant.limits), disabled_at=tenant.disabled_at)
             )
 
+    @shielded
     async def add_key(self, key: ApiKey) -> None:
         try:
             async with self._engine.begin() as connection:
@@ -152,9 +160,11 @@ class SqlTenancyStore:
                 f"cannot store key for tenant '{key.tenant_id}': {exc.orig}", code="key_conflict"
             ) from exc
 
+    @shielded
     async def key_by_hash(self, key_hash: str) -> ApiKey | None:
         return await self._one_key(api_keys.c.key_hash == key_hash)
 
+    @shielded
     async def key_by_id(self, tenant_id: str, key_id: str) -> ApiKey | None:
         return await self._one_key((api_keys.c.id == key_id) & (api_keys.c.tenant_id == tenant_id))
 
@@ -163,6 +173,7 @@ class SqlTenancyStore:
             row = (await connection.execute(select(api_keys).where(condition))).first()
         return None if row is None else _key(row)
 
+    @shielded
     async def keys_of_tenant(self, tenant_id: str) -> list[ApiKey]:
         query = (
             select(api_keys)
@@ -173,6 +184,7 @@ class SqlTenancyStore:
             rows = (await connection.execute(query)).all()
         return [_key(row) for row in rows]
 
+    @shielded
     async def save_key(self, key: ApiKey) -> None:
         async with self._engine.begin() as connection:
             await connection.execute(
