@@ -10,7 +10,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from openautoglm.core.clock import Clock
 from openautoglm.limits.fallback import FallbackRateLimiter
 from openautoglm.limits.ports import InMemoryRateLimiter, RateLimiter
-from openautoglm.limits.redis_limiter import DEFAULT_KEY_PREFIX, RedisRateLimiter
+from openautoglm.limits.redis_limiter import DEFAULT_KEY_PREFIX, RedisRateLimiter, ScriptClient
+from openautoglm.limits.resp import LeanRedis
 
 
 def build_rate_limiter(
@@ -31,11 +32,16 @@ def build_rate_limiter(
     local = InMemoryRateLimiter(clock)
     if not redis_url:
         return local
-    client = Redis.from_url(
-        redis_url,
-        socket_connect_timeout=socket_timeout_s,
-        socket_timeout=socket_timeout_s,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-    )
+    client: ScriptClient
+    if redis_url.startswith("redis://"):
+        # The lean pipelined client costs ~10x less CPU per script call than redis-py.
+        client = LeanRedis.from_url(redis_url, timeout_s=socket_timeout_s)
+    else:  # rediss://, unix://: redis-py handles TLS and sockets
+        client = Redis.from_url(
+            redis_url,
+            socket_connect_timeout=socket_timeout_s,
+            socket_timeout=socket_timeout_s,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
     shared = RedisRateLimiter(client, clock, key_prefix=key_prefix, owns_client=True)
     return FallbackRateLimiter(shared, local, clock, retry_after_s=retry_after_s)

@@ -17,6 +17,7 @@ in one script, so Redis Cluster is not supported (use a single primary, with rep
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
@@ -100,6 +101,14 @@ return 1
 """
 
 
+class ScriptClient(Protocol):
+    """What the limiter needs of a Redis client: redis-py's ``Redis`` or ``resp.LeanRedis``."""
+
+    def register_script(self, script: str) -> Any: ...
+
+    async def aclose(self) -> None: ...
+
+
 class RedisRateLimiter:
     """Counters in Redis, shared by every replica that uses the same ``key_prefix``.
 
@@ -110,7 +119,7 @@ class RedisRateLimiter:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: ScriptClient | Redis,
         clock: Clock,
         *,
         key_prefix: str = DEFAULT_KEY_PREFIX,

@@ -20,10 +20,12 @@ async def redis_for_test() -> AsyncIterator[RedisForTest]:
         await handle.close()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-lean"])
 def make_limiter(request: pytest.FixtureRequest) -> MakeLimiter:
     """Builds the limiter under test on a given clock: in memory, or on a real Redis."""
     if request.param == "memory":
         return lambda clock: InMemoryRateLimiter(clock)
     handle: RedisForTest = request.getfixturevalue("redis_for_test")
+    if request.param == "redis-lean":
+        return lambda clock: handle.lean_limiter(clock)
     return lambda clock: handle.limiter(clock)

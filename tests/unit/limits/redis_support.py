@@ -15,6 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from openautoglm.core.clock import Clock
 from openautoglm.limits import RateLimiter, RedisRateLimiter
+from openautoglm.limits.resp import LeanRedis
 
 REDIS_URL = os.environ.get("AUTOGLM_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
@@ -47,6 +48,7 @@ class RedisForTest:
     def __init__(self) -> None:
         self.prefix = f"test:rl:{secrets.token_hex(6)}:"
         self._clients: list[Redis] = []
+        self._lean: list[LeanRedis] = []
 
     def client(self) -> Redis:
         client = redis_client()
@@ -57,7 +59,15 @@ class RedisForTest:
         """A limiter with its own client, as one replica would have."""
         return RedisRateLimiter(self.client(), clock, key_prefix=self.prefix)
 
+    def lean_limiter(self, clock: Clock) -> RedisRateLimiter:
+        """A limiter on the lean pipelined client the factory uses for ``redis://`` URLs."""
+        client = LeanRedis.from_url(REDIS_URL, timeout_s=2.0)
+        self._lean.append(client)
+        return RedisRateLimiter(client, clock, key_prefix=self.prefix)
+
     async def close(self) -> None:
+        for lean in self._lean:
+            await lean.aclose()
         cleaner = self.client()
         keys = [key async for key in cleaner.scan_iter(match=f"{self.prefix}*")]
         if keys:

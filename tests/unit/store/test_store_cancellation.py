@@ -7,12 +7,12 @@ import random
 from pathlib import Path
 
 import pytest
+from tests.support.databases import database_url
 
 from openautoglm.contexts.model import Context
 from openautoglm.core.clock import ManualClock
 from openautoglm.store.contexts_sql import SqlContextStore
 from openautoglm.store.database import open_database
-from tests.support.databases import database_url
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
@@ -30,13 +30,13 @@ async def test_cancelled_appends_leave_the_store_usable(kind: str, tmp_path: Pat
                     )
                 )
             pair = [("user", "q", None, None), ("assistant", "a", None, None)]
-            for round_ in range(5):
+            rng = random.Random(7)
+            for _ in range(30):
                 writers = [
                     asyncio.ensure_future(store.append_turns("t", f"c{i}", pair, now))
                     for i in range(8)
                 ]
-                for _ in range(round_ + 1):
-                    await asyncio.sleep(0)
+                await asyncio.sleep(rng.random() * 0.01)  # cancel wherever the writes are
                 for writer in writers:
                     writer.cancel()
                 await asyncio.gather(*writers, return_exceptions=True)
