@@ -37,17 +37,39 @@ def scopes_of(principal: Principal) -> tuple[LimitScope, ...]:
     return tuple(scopes)
 
 
+_ScopeKey = tuple[str, str, frozenset[tuple[str, int]], frozenset[tuple[str, int]]]
+_MAX_CACHED_SCOPES = 10_000
+
+
 class RequestLimits:
     """Acquires and settles one request's rate-limit lease."""
 
     def __init__(self, limiter: RateLimiter) -> None:
         self._limiter = limiter
+        self._scopes: dict[_ScopeKey, tuple[LimitScope, ...]] = {}
+
+    def _scopes_of(self, principal: Principal) -> tuple[LimitScope, ...]:
+        # Parsing limits costs microseconds per request; they change only when an admin edits them.
+        key = (
+            principal.key_id,
+            principal.tenant_id,
+            frozenset((principal.key_limits or {}).items()),
+            frozenset((principal.tenant_limits or {}).items()),
+        )
+        scopes = self._scopes.get(key)
+        if scopes is None:
+            if len(self._scopes) >= _MAX_CACHED_SCOPES:
+                self._scopes.clear()
+            scopes = self._scopes[key] = scopes_of(principal)
+        return scopes
 
     async def acquire(
         self, principal: Principal, request: GenerationRequest, prompt_tokens: int
     ) -> Lease | None:
         """Reserve the request's worst-case cost; ``None`` when no limit applies to the caller."""
-        scopes = scopes_of(principal)
+        if not principal.key_limits and not principal.tenant_limits:
+            return None
+        scopes = self._scopes_of(principal)
         if not scopes:
             return None
         completion = request.params.max_tokens or DEFAULT_RESERVED_COMPLETION_TOKENS

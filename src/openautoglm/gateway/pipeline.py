@@ -15,6 +15,7 @@ really cost, and its context is released; only a finished answer is stored in th
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
 from openautoglm.tenancy.auth import Authenticator
 from openautoglm.tenancy.model import Principal
 
+logger = logging.getLogger(__name__)
 _ESTIMATE = make_token_counter(count_tokens)
 SUMMARY_INSTRUCTION = (
     "Summarise the following earlier part of a conversation in a few sentences, keeping names, "
@@ -199,7 +201,7 @@ class Gateway:
                 finally:
                     cost = usage or Usage(prompt_tokens, count_tokens("".join(parts)))
                     if lease is not None:
-                        await self._detach(self._limits.settle(lease, cost))
+                        self._in_background(self._limits.settle(lease, cost))
                 if turn.record is not None and finish is not None:
                     turn.record(Completion("".join(parts), finish, cost))
             outcome = "ok"
@@ -210,12 +212,20 @@ class Gateway:
             instance.in_flight -= 1
             self._metrics.observe(instance, outcome, time.perf_counter() - started, cost)
 
-    async def _detach(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run ``work`` to the end even if this call is being cancelled (settling must happen)."""
+    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run ``work`` without holding up the answer, even if this call is being cancelled.
+
+        Used for settling: the client need not wait for it, and it must happen whatever becomes
+        of the request. ``close()`` waits for what is still running.
+        """
         task = asyncio.ensure_future(work)
         self._detached.add(task)
-        task.add_done_callback(self._detached.discard)
-        await asyncio.shield(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._detached.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning("settling a rate-limit lease failed: %s", task.exception())
 
 
 def _counter_of(instance: Instance) -> TokenCounter:

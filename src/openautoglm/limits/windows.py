@@ -6,6 +6,7 @@ from zero in the next window and "60 requests per minute" means 60 per window, e
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,21 +27,25 @@ class Windows:
 
 def current_windows(now: datetime) -> Windows:
     """The minute (``floor(t / 60)``), UTC day and UTC month that contain ``now``."""
-    now = now.astimezone(UTC)
     now_s = now.timestamp()
-    minute = math.floor(now_s / 60)
-    day_start = datetime(now.year, now.month, now.day, tzinfo=UTC)
+    return Windows(now_s, *_windows_of_minute(math.floor(now_s / 60)))
+
+
+@functools.lru_cache(maxsize=8)
+def _windows_of_minute(minute: int) -> tuple[str, float, str, float, str, float]:
+    # Pure and asked for on every limited request: computed once per minute.
+    start = datetime.fromtimestamp(minute * 60, UTC)
+    day_start = datetime(start.year, start.month, start.day, tzinfo=UTC)
     next_month = (
-        datetime(now.year + 1, 1, 1, tzinfo=UTC)
-        if now.month == 12
-        else datetime(now.year, now.month + 1, 1, tzinfo=UTC)
+        datetime(start.year + 1, 1, 1, tzinfo=UTC)
+        if start.month == 12
+        else datetime(start.year, start.month + 1, 1, tzinfo=UTC)
     )
-    return Windows(
-        now_s=now_s,
-        minute_id=str(minute),
-        minute_ends_s=(minute + 1) * 60.0,
-        day_id=day_start.strftime("%Y-%m-%d"),
-        day_ends_s=(day_start + timedelta(days=1)).timestamp(),
-        month_id=now.strftime("%Y-%m"),
-        month_ends_s=next_month.timestamp(),
+    return (
+        str(minute),
+        (minute + 1) * 60.0,
+        day_start.strftime("%Y-%m-%d"),
+        (day_start + timedelta(days=1)).timestamp(),
+        start.strftime("%Y-%m"),
+        next_month.timestamp(),
     )
