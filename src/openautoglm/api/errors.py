@@ -70,6 +70,12 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
             f"{first.get('ctx', {}).get('error', 'invalid JSON')}",
             code="invalid_json",
         )
+    if first.get("type") == "model_attributes_type" and tuple(first.get("loc", ())) == ("body",):
+        return InvalidRequestError(
+            "The request body must be a JSON object, sent with "
+            "'Content-Type: application/json'.",
+            code="invalid_body",
+        )
     location = [str(part) for part in first.get("loc", ()) if part != "body"]
     # Union branches add their type name to the location; a reader wants the field path.
     location = [part for part in location if "[" not in part and part not in _TYPE_TAGS]

@@ -18,7 +18,7 @@ import asyncio
 import hashlib
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -82,8 +82,8 @@ class _Protocol(asyncio.Protocol):
         self.buffer = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, but they quack alike.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -202,9 +202,11 @@ class LeanRedis:
                 return self._protocol
             loop = asyncio.get_running_loop()
             try:
-                _, protocol = await asyncio.wait_for(
+                transport, protocol = await asyncio.wait_for(
                     loop.create_connection(_Protocol, *self._address), self._timeout_s
                 )
+                # uvloop calls connection_made only after create_connection has returned.
+                protocol.transport = transport
             except (OSError, TimeoutError) as exc:
                 raise RedisConnectionError(
                     f"cannot connect to Redis at {self._address}: {exc}"

@@ -6,10 +6,11 @@ import asyncio
 import socket
 
 import pytest
+import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from tests.unit.limits.redis_support import REDIS_URL, RedisForTest
+from tests.unit.limits.redis_support import REDIS_URL, RedisForTest, ensure_redis
 
 from openautoglm.limits.resp import LeanRedis, encode_command, parse_reply
 
@@ -76,3 +77,23 @@ async def test_a_silent_server_times_out_and_the_client_reconnects() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+def test_works_on_uvloop_as_the_server_runs_it(redis_url_checked: str) -> None:
+    """uvloop calls connection_made late and its transports are not asyncio.Transport."""
+
+    async def main() -> list[object]:
+        client = LeanRedis.from_url(redis_url_checked)
+        try:
+            script = client.register_script("return ARGV[1]")
+            return list(await asyncio.gather(client.call("PING"), script(keys=[], args=["x"])))
+        finally:
+            await client.aclose()
+
+    assert uvloop.run(main()) == [b"PONG", b"x"]
+
+
+@pytest.fixture
+def redis_url_checked() -> str:
+    asyncio.run(ensure_redis())
+    return REDIS_URL
