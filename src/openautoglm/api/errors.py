@@ -72,8 +72,7 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
         )
     if first.get("type") == "model_attributes_type" and tuple(first.get("loc", ())) == ("body",):
         return InvalidRequestError(
-            "The request body must be a JSON object, sent with "
-            "'Content-Type: application/json'.",
+            "The request body must be a JSON object, sent with 'Content-Type: application/json'.",
             code="invalid_body",
         )
     location = [str(part) for part in first.get("loc", ()) if part != "body"]

@@ -8,6 +8,8 @@ was produced — so a stream cut off after ten words is charged ten words.
 
 from __future__ import annotations
 
+import asyncio
+
 from openautoglm.core.types import GenerationRequest, Usage
 from openautoglm.limits.model import Lease, LimitScope, LimitSpec
 from openautoglm.limits.ports import RateLimiter
@@ -47,6 +49,7 @@ class RequestLimits:
     def __init__(self, limiter: RateLimiter) -> None:
         self._limiter = limiter
         self._scopes: dict[_ScopeKey, tuple[LimitScope, ...]] = {}
+        self._returning: set[asyncio.Task[None]] = set()
 
     def _scopes_of(self, principal: Principal) -> tuple[LimitScope, ...]:
         # Parsing limits costs microseconds per request; they change only when an admin edits them.
@@ -73,7 +76,21 @@ class RequestLimits:
         if not scopes:
             return None
         completion = request.params.max_tokens or DEFAULT_RESERVED_COMPLETION_TOKENS
-        return await self._limiter.acquire(scopes, prompt_tokens + completion)
+        # If the request is cancelled while the limiter answers (client gone), the limiter may
+        # still grant: that lease must be given back, or its slot stays taken until it expires.
+        granting = asyncio.ensure_future(self._limiter.acquire(scopes, prompt_tokens + completion))
+        try:
+            return await asyncio.shield(granting)
+        except asyncio.CancelledError:
+            granting.add_done_callback(self._give_back)
+            raise
+
+    def _give_back(self, granting: asyncio.Future[Lease]) -> None:
+        if granting.cancelled() or granting.exception() is not None:
+            return
+        task = asyncio.ensure_future(self._limiter.settle(granting.result(), 0))
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
 
     async def settle(self, lease: Lease | None, usage: Usage) -> None:
         if lease is not None:
