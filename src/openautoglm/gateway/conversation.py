@@ -11,8 +11,8 @@ configured, dropped exchanges are summarised into a system message instead of va
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 
 from openautoglm.contexts.model import Turn as StoredTurn
@@ -31,10 +31,23 @@ Summarise = Callable[[Sequence[StoredTurn]], Awaitable[str]]
 
 @dataclass(slots=True)
 class Turn:
-    """One call on a context: the request as the model sees it, and how to record the answer."""
+    """One call on a context: the request as the model sees it; store the answer, then release."""
 
     request: GenerationRequest
-    record: Callable[[Completion], object] | None = None
+    _store: Callable[[Completion], Awaitable[object]] | None = None
+    _lock: AbstractAsyncContextManager[None] | None = None
+
+    async def store(self, completion: Completion) -> None:
+        """Keep the finished answer (and its question) in the context."""
+        if self._store is not None:
+            await self._store(completion)
+            self._store = None
+
+    async def release(self) -> None:
+        """Let the next call on this context go ahead (always call it, in a ``finally``)."""
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            await lock.__aexit__(None, None, None)
 
 
 class Conversations:
@@ -44,57 +57,65 @@ class Conversations:
         self._contexts = contexts
         self.summarise = summarise
 
-    @asynccontextmanager
-    async def turn(
+    async def begin(
         self,
         principal: Principal,
         request: GenerationRequest,
         context_length: int | None,
         count_tokens: TokenCounter,
-    ) -> AsyncIterator[Turn]:
-        """Hold the context for the whole call; yields the request with its history."""
+    ) -> Turn:
+        """The request with its history, holding the context until ``Turn.release``."""
         if request.context_id is None:
-            yield Turn(request)
-            return
+            return Turn(request)
         if request.kind != "chat":
             raise InvalidRequestError(
                 "context_id works with chat and generate requests, not text completions",
                 param="context_id",
             )
         tenant_id, context_id = principal.tenant_id, request.context_id
-        async with self._contexts.turn_lock(tenant_id, context_id):
-            context = await self._contexts.open_for_request(tenant_id, context_id)
-            history = await self._contexts.turns(tenant_id, context_id)
-            answer_tokens = request.params.max_tokens or DEFAULT_ANSWER_TOKENS
-            budget = (context_length or DEFAULT_CONTEXT_LENGTH) - answer_tokens
-            window = fit_history(
-                context.system_prompt, history, request.messages, budget, count_tokens
+        lock = self._contexts.turn_lock(tenant_id, context_id)
+        await lock.__aenter__()
+        try:
+            messages = await self._window(
+                tenant_id, context_id, request, context_length, count_tokens
             )
-            messages = window.messages
-            if window.dropped_turns and self.summarise is not None:
-                # Refit leaving room for the summary, then summarise everything left out.
-                window = fit_history(
-                    context.system_prompt,
-                    history,
-                    request.messages,
-                    budget - min(SUMMARY_ALLOWANCE_TOKENS, budget // 4),
-                    count_tokens,
-                )
-                summary = await self.summarise(window.dropped_turns)
-                messages = with_summary(window.messages, summary)
-            new_user_turns = [m for m in request.messages if m.role != "system"]
-            stored: list[Completion] = []
+        except BaseException:
+            await lock.__aexit__(None, None, None)
+            raise
+        new_turns = _turn_inputs([m for m in request.messages if m.role != "system"], request)
 
-            def record(completion: Completion) -> None:
-                stored.append(completion)
+        async def store(completion: Completion) -> None:
+            await self._contexts.append_turns(
+                tenant_id, context_id, [*new_turns, _answer(completion, request)]
+            )
 
-            yield Turn(replace(request, messages=tuple(messages)), record)
-            if stored:
-                await self._contexts.append_turns(
-                    tenant_id,
-                    context_id,
-                    [*_turn_inputs(new_user_turns, request), _answer(stored[0], request)],
-                )
+        return Turn(replace(request, messages=messages), store, lock)
+
+    async def _window(
+        self,
+        tenant_id: str,
+        context_id: str,
+        request: GenerationRequest,
+        context_length: int | None,
+        count_tokens: TokenCounter,
+    ) -> tuple[Message, ...]:
+        context = await self._contexts.open_for_request(tenant_id, context_id)
+        history = await self._contexts.turns(tenant_id, context_id)
+        answer_tokens = request.params.max_tokens or DEFAULT_ANSWER_TOKENS
+        budget = (context_length or DEFAULT_CONTEXT_LENGTH) - answer_tokens
+        window = fit_history(context.system_prompt, history, request.messages, budget, count_tokens)
+        if not window.dropped_turns or self.summarise is None:
+            return tuple(window.messages)
+        # Refit leaving room for the summary, then summarise everything left out.
+        window = fit_history(
+            context.system_prompt,
+            history,
+            request.messages,
+            budget - min(SUMMARY_ALLOWANCE_TOKENS, budget // 4),
+            count_tokens,
+        )
+        summary = await self.summarise(window.dropped_turns)
+        return tuple(with_summary(window.messages, summary))
 
 
 def _turn_inputs(

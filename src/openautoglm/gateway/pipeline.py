@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from openautoglm.core.types import (
     Chunk,
     Completion,
     Embeddings,
+    FinishReason,
     GenerationRequest,
     Message,
     SamplingParams,
@@ -123,10 +124,21 @@ class Gateway:
     async def complete(self, principal: Principal, request: GenerationRequest) -> Answer:
         """Run a call to the end and return the whole answer."""
         opened = await self.open_stream(principal, request)
+        parts: list[str] = []
+        finish: FinishReason = "stop"
+        usage = Usage()
+        chunk = opened.first
         try:
-            completion = await collect(_prepend(opened.first, opened.rest))
+            while True:
+                parts.append(chunk.text)
+                finish = chunk.finish_reason or finish
+                usage = chunk.usage or usage
+                chunk = await anext(opened.rest)
+        except StopAsyncIteration:
+            pass
         finally:
             await opened.rest.aclose()
+        completion = Completion(text="".join(parts), finish_reason=finish, usage=usage)
         return Answer(instance=opened.instance, completion=completion, headers=opened.headers)
 
     async def embed(
@@ -173,19 +185,18 @@ class Gateway:
         started = time.perf_counter()
         outcome, cost = "cancelled", None
         instance.in_flight += 1
-        counter = _counter_of(instance)
-        context_length = instance.backend.capabilities.context_length
         try:
-            async with self._conversations.turn(
-                principal, request, context_length, counter
-            ) as turn:
-                call = turn.request
-                prompt_tokens = (
-                    counter(call.messages) if call.kind == "chat" else count_tokens(call.prompt)
-                )
-                lease = await self._limits.acquire(principal, call, prompt_tokens)
-                if lease is not None:
-                    info.headers = ratelimit_headers(lease.status)
+            counter = _counter_of(instance)
+            turn = await self._conversations.begin(
+                principal, request, instance.backend.capabilities.context_length, counter
+            )
+            try:
+                call, lease, prompt_tokens = turn.request, None, 0
+                if principal.key_limits or principal.tenant_limits:
+                    prompt_tokens = _prompt_tokens(call, counter)
+                    lease = await self._limits.acquire(principal, call, prompt_tokens)
+                    if lease is not None:
+                        info.headers = ratelimit_headers(lease.status)
                 parts: list[str] = []
                 usage: Usage | None = None
                 finish = None
@@ -199,11 +210,16 @@ class Gateway:
                             finish = chunk.finish_reason
                         yield chunk
                 finally:
-                    cost = usage or Usage(prompt_tokens, count_tokens("".join(parts)))
+                    # A call cut short has no usage from the backend: charge what it produced.
+                    cost = usage or Usage(
+                        prompt_tokens or _prompt_tokens(call, counter), count_tokens("".join(parts))
+                    )
                     if lease is not None:
                         self._in_background(self._limits.settle(lease, cost))
-                if turn.record is not None and finish is not None:
-                    turn.record(Completion("".join(parts), finish, cost))
+                if finish is not None:
+                    await turn.store(Completion("".join(parts), finish, cost))
+            finally:
+                await turn.release()
             outcome = "ok"
         except OpenAutoGLMError as exc:
             outcome = exc.code
@@ -228,12 +244,10 @@ class Gateway:
             logger.warning("settling a rate-limit lease failed: %s", task.exception())
 
 
+def _prompt_tokens(request: GenerationRequest, counter: TokenCounter) -> int:
+    return counter(request.messages) if request.kind == "chat" else count_tokens(request.prompt)
+
+
 def _counter_of(instance: Instance) -> TokenCounter:
     count_text = getattr(instance.backend, "count_text_tokens", None)
     return make_token_counter(count_text) if callable(count_text) else _ESTIMATE
-
-
-async def _prepend(first: Chunk, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    yield first
-    async for chunk in rest:
-        yield chunk

@@ -33,6 +33,7 @@ class _Entry:
     key: ApiKey | None
     tenant: Tenant | None
     fetched_at: float
+    principal: Principal | None = None
 
 
 class Authenticator:
@@ -78,17 +79,8 @@ class Authenticator:
             raise PermissionDeniedError(
                 f"tenant '{tenant.name}' is disabled", code="tenant_disabled"
             )
-        return Principal(
-            tenant_id=key.tenant_id,
-            key_id=key.id,
-            role=key.role,
-            allowed_models=key.allowed_models,
-            expires_at=key.expires_at,
-            allowed_regions=key.allowed_regions,
-            key_prefix=key.prefix,
-            key_limits=key.limits,
-            tenant_limits=tenant.limits,
-        )
+        assert entry.principal is not None  # built with every entry that has a key and tenant
+        return entry.principal
 
     def invalidate(self, key_hash: str | None = None) -> None:
         """Forget one cached key, or all of them."""
@@ -160,4 +152,17 @@ class Authenticator:
         fetched_at = self._clock.monotonic()
         key = await self._store.key_by_hash(key_hash)
         tenant = await self._store.tenant_by_id(key.tenant_id) if key is not None else None
-        return _Entry(key=key, tenant=tenant, fetched_at=fetched_at)
+        principal = None
+        if key is not None and tenant is not None:
+            principal = Principal(
+                tenant_id=key.tenant_id,
+                key_id=key.id,
+                role=key.role,
+                allowed_models=key.allowed_models,
+                expires_at=key.expires_at,
+                allowed_regions=key.allowed_regions,
+                key_prefix=key.prefix,
+                key_limits=key.limits,
+                tenant_limits=tenant.limits,
+            )
+        return _Entry(key=key, tenant=tenant, fetched_at=fetched_at, principal=principal)
