@@ -80,6 +80,18 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.buffer = b""
+        self.outgoing: list[bytes] = []
+
+    def queue(self, command: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Send ``command`` with the others queued in this loop iteration (one syscall)."""
+        if not self.outgoing:
+            loop.call_soon(self.flush)
+        self.outgoing.append(command)
+
+    def flush(self) -> None:
+        if self.outgoing and self.transport is not None:
+            self.transport.write(b"".join(self.outgoing))
+        self.outgoing.clear()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but they quack alike.
@@ -172,12 +184,11 @@ class LeanRedis:
         if protocol is None:
             protocol = await self._connect()
         assert protocol.transport is not None
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Any] = loop.create_future()
         protocol.waiters.append(waiter)
-        protocol.transport.write(encode_command(*parts))
-        timer = asyncio.get_running_loop().call_later(
-            self._timeout_s, self._expire, protocol, waiter
-        )
+        protocol.queue(encode_command(*parts), loop)
+        timer = loop.call_later(self._timeout_s, self._expire, protocol, waiter)
         try:
             reply = await waiter
         finally:
