@@ -37,7 +37,7 @@ from openautoglm.contexts.ports import (
 )
 from openautoglm.core.errors import ConflictError
 from openautoglm.core.ids import new_object_id
-from openautoglm.store.database import shielded
+from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.tables import context_turns, contexts
 
 _DELETE_CHUNK = 500
@@ -133,7 +133,7 @@ class SqlContextStore:
     async def create(self, context: Context) -> None:
         now = _utc(context.created_at)
         try:
-            async with self._engine.begin() as connection:
+            async with write_transaction(self._engine) as connection:
                 expired = and_(
                     _named(context.tenant_id, context.id),
                     contexts.c.expires_at.is_not(None),
@@ -172,7 +172,7 @@ class SqlContextStore:
     @shielded
     async def delete(self, tenant_id: str, context_id: str, *, now: datetime) -> bool:
         moment = _utc(now)
-        async with self._engine.begin() as connection:
+        async with write_transaction(self._engine) as connection:
             rows = await _delete_where(connection, _named(tenant_id, context_id))
         return any(_is_live(_aware(row.expires_at), moment) for row in rows)
 
@@ -195,7 +195,7 @@ class SqlContextStore:
         new_turns = coerce_new_turns(turns)
         moment = _utc(now)
         try:
-            async with self._engine.begin() as connection:
+            async with write_transaction(self._engine) as connection:
                 # First statement is the write that claims the seqs (see the module docstring).
                 claimed = (
                     await connection.execute(
@@ -282,7 +282,7 @@ class SqlContextStore:
     async def purge_expired(self, now: datetime) -> int:
         moment = _utc(now)
         expired = and_(contexts.c.expires_at.is_not(None), contexts.c.expires_at <= moment)
-        async with self._engine.begin() as connection:
+        async with write_transaction(self._engine) as connection:
             rows = await _delete_where(connection, expired)
         return len(rows)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable, Coroutine
+import weakref
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -17,7 +19,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -59,13 +61,37 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+_SQLITE_WRITERS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@asynccontextmanager
+async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction that writes. On SQLite, this process's writers take turns.
+
+    SQLite has one writer at a time; many concurrent writers otherwise spin on ``busy_timeout``
+    and, under load (64 clients storing context turns), some gave up with "database is locked".
+    Queueing them in-process first keeps the file lock short and the wait fair. (Several
+    processes on one SQLite file still meet at the busy timeout; clusters use PostgreSQL.)
+    """
+    if engine.dialect.name != "sqlite":
+        async with engine.begin() as connection:
+            yield connection
+        return
+    gate = _SQLITE_WRITERS.get(engine.sync_engine)
+    if gate is None:
+        gate = _SQLITE_WRITERS[engine.sync_engine] = asyncio.Lock()
+    async with gate, engine.begin() as connection:
+        yield connection
+
+
 def create_engine(database_url: str) -> AsyncEngine:
     """An async engine for ``database_url``; creates the SQLite file's directory if needed."""
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        # Every aiosqlite connection is a thread; a few keep GIL contention low (WAL: 1 writer).
+        engine = create_async_engine(url, pool_size=4, max_overflow=4)
         event.listen(engine.sync_engine, "connect", _set_sqlite_pragmas)
         return engine
     return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)

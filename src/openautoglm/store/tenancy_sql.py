@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openautoglm.core.errors import ConflictError
-from openautoglm.store.database import shielded
+from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.tables import api_keys, tenants
 from openautoglm.tenancy.model import ApiKey, LimitValues, Role, Tenant
 
@@ -90,7 +90,7 @@ class SqlTenancyStore:
     @shielded
     async def add_tenant(self, tenant: Tenant) -> None:
         try:
-            async with self._engine.begin() as connection:
+            async with write_transaction(self._engine) as connection:
                 await connection.execute(
                     insert(tenants).values(
                         id=tenant.id,
@@ -132,7 +132,7 @@ class SqlTenancyStore:
 
     @shielded
     async def save_tenant(self, tenant: Tenant) -> None:
-        async with self._engine.begin() as connection:
+        async with write_transaction(self._engine) as connection:
             await connection.execute(
                 update(tenants)
                 .where(tenants.c.id == tenant.id)
@@ -142,7 +142,7 @@ class SqlTenancyStore:
     @shielded
     async def add_key(self, key: ApiKey) -> None:
         try:
-            async with self._engine.begin() as connection:
+            async with write_transaction(self._engine) as connection:
                 await connection.execute(
                     insert(api_keys).values(
                         id=key.id,
@@ -186,7 +186,7 @@ class SqlTenancyStore:
 
     @shielded
     async def save_key(self, key: ApiKey) -> None:
-        async with self._engine.begin() as connection:
+        async with write_transaction(self._engine) as connection:
             await connection.execute(
                 update(api_keys).where(api_keys.c.id == key.id).values(**_key_values(key))
             )
