@@ -181,3 +181,16 @@ def test_keys_are_pinned_to_their_regions(server: RunningServer, platform: httpx
     assert chat(server, east["secret"], model="echo").status_code == 200  # no region: open to all
     north = new_key(platform, role="developer", allowed_regions=["cn-north-1"])
     assert chat(server, north["secret"], model="echo-regional").status_code == 200
+
+
+def test_embeddings_count_against_limits_and_roles(
+    server: RunningServer, platform: httpx.Client
+) -> None:
+    key = new_key(platform, role="developer", limits={"requests_per_minute": 2})
+    auditor = new_key(platform, role="auditor")
+    body = {"model": "echo", "input": ["a", "b"]}
+    with client(server, key["secret"]) as http:
+        statuses = [http.post("/v1/embeddings", json=body).status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    with client(server, auditor["secret"]) as http:
+        assert http.post("/v1/embeddings", json=body).status_code == 403

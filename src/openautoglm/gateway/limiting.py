@@ -70,15 +70,19 @@ class RequestLimits:
         self, principal: Principal, request: GenerationRequest, prompt_tokens: int
     ) -> Lease | None:
         """Reserve the request's worst-case cost; ``None`` when no limit applies to the caller."""
+        completion = request.params.max_tokens or DEFAULT_RESERVED_COMPLETION_TOKENS
+        return await self.reserve(principal, prompt_tokens + completion)
+
+    async def reserve(self, principal: Principal, num_tokens: int) -> Lease | None:
+        """Reserve ``num_tokens`` (and one request, one concurrency slot) for the caller."""
         if not principal.key_limits and not principal.tenant_limits:
             return None
         scopes = self._scopes_of(principal)
         if not scopes:
             return None
-        completion = request.params.max_tokens or DEFAULT_RESERVED_COMPLETION_TOKENS
         # If the request is cancelled while the limiter answers (client gone), the limiter may
         # still grant: that lease must be given back, or its slot stays taken until it expires.
-        granting = asyncio.ensure_future(self._limiter.acquire(scopes, prompt_tokens + completion))
+        granting = asyncio.ensure_future(self._limiter.acquire(scopes, num_tokens))
         try:
             return await asyncio.shield(granting)
         except asyncio.CancelledError:

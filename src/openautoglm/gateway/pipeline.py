@@ -25,7 +25,7 @@ from openautoglm.backends.base import collect
 from openautoglm.backends.text import count_tokens
 from openautoglm.contexts.model import Turn as StoredTurn
 from openautoglm.contexts.windowing import TokenCounter, make_token_counter
-from openautoglm.core.errors import InvalidRequestError, OpenAutoGLMError
+from openautoglm.core.errors import InvalidRequestError, OpenAutoGLMError, PermissionDeniedError
 from openautoglm.core.ids import new_object_id
 from openautoglm.core.types import (
     Chunk,
@@ -151,9 +151,20 @@ class Gateway:
                 code="embeddings_not_supported",
                 param="model",
             )
+        if not principal.role.may_infer:
+            raise PermissionDeniedError(
+                f"role '{principal.role.value}' may not call models", code="role_forbidden"
+            )
         instance = model.pick()
         started = time.perf_counter()
-        embeddings = await instance.backend.embed(inputs)
+        lease = await self._limits.reserve(principal, sum(count_tokens(text) for text in inputs))
+        usage = Usage()
+        try:
+            embeddings = await instance.backend.embed(inputs)
+            usage = embeddings.usage
+        finally:
+            if lease is not None:
+                self._in_background(self._limits.settle(lease, usage))
         self._metrics.observe(instance, "ok", time.perf_counter() - started, embeddings.usage)
         return instance, embeddings
 
