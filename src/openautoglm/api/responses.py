@@ -44,42 +44,29 @@ class ResponseMeta:
     context_id: str | None = None
 
 
-def chat_completion(meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
+def _openai_body(
+    meta: ResponseMeta, kind: str, content: dict[str, Any], completion: Completion
+) -> dict[str, Any]:
+    """OpenAI's envelope around one choice (chat and legacy completions differ only inside)."""
+    choice = {**content, "index": 0, "logprobs": None, "finish_reason": completion.finish_reason}
     return {
         "id": meta.id,
-        "object": "chat.completion",
+        "object": kind,
         "created": meta.created,
         "model": meta.model,
         "system_fingerprint": meta.instance,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": completion.text, "refusal": None},
-                "logprobs": None,
-                "finish_reason": completion.finish_reason,
-            }
-        ],
+        "choices": [choice],
         "usage": usage_dict(completion.usage),
     }
+
+
+def chat_completion(meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
+    message = {"role": "assistant", "content": completion.text, "refusal": None}
+    return _openai_body(meta, "chat.completion", {"message": message}, completion)
 
 
 def text_completion(meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
-    return {
-        "id": meta.id,
-        "object": "text_completion",
-        "created": meta.created,
-        "model": meta.model,
-        "system_fingerprint": meta.instance,
-        "choices": [
-            {
-                "index": 0,
-                "text": completion.text,
-                "logprobs": None,
-                "finish_reason": completion.finish_reason,
-            }
-        ],
-        "usage": usage_dict(completion.usage),
-    }
+    return _openai_body(meta, "text_completion", {"text": completion.text}, completion)
 
 
 def generation(meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
