@@ -86,21 +86,24 @@ def generation(meta: ResponseMeta, completion: Completion) -> dict[str, Any]:
 ChunkEncoder = Callable[[Chunk], Iterable[dict[str, Any]]]
 
 
-def chat_chunk_encoder(
-    meta: ResponseMeta, include_usage: bool
-) -> tuple[list[dict[str, Any]], ChunkEncoder]:
-    """The opening event (assistant role) and an encoder for the rest of a chat stream."""
+def _choice_stream(
+    meta: ResponseMeta,
+    kind: str,
+    include_usage: bool,
+    piece: Callable[[str], dict[str, Any]],
+) -> tuple[Callable[[dict[str, Any], str | None], dict[str, Any]], ChunkEncoder]:
+    """OpenAI's chunk envelope and an encoder; ``piece`` shapes a text delta inside the choice
+    (chat: ``{"delta": {"content": …}}``, legacy completions: ``{"text": …}``)."""
 
-    def event(delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+    def event(content: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        choice = {"index": 0, **content, "logprobs": None, "finish_reason": finish_reason}
         body: dict[str, Any] = {
             "id": meta.id,
-            "object": "chat.completion.chunk",
+            "object": kind,
             "created": meta.created,
             "model": meta.model,
             "system_fingerprint": meta.instance,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
+            "choices": [choice],
         }
         if include_usage:
             body["usage"] = None
@@ -108,51 +111,36 @@ def chat_chunk_encoder(
 
     def encode(chunk: Chunk) -> Iterable[dict[str, Any]]:
         if chunk.text:
-            yield event({"content": chunk.text}, None)
+            yield event(piece(chunk.text), None)
         if chunk.finish_reason is not None:
-            yield event({}, chunk.finish_reason)
+            yield event(piece(""), chunk.finish_reason)
             if include_usage:
                 yield {
-                    **event({}, None),
+                    **event(piece(""), None),
                     "choices": [],
                     "usage": usage_dict(chunk.usage or Usage()),
                 }
 
-    return [event({"role": "assistant", "content": ""}, None)], encode
+    return event, encode
+
+
+def _chat_delta(text: str) -> dict[str, Any]:
+    return {"delta": {"content": text} if text else {}}
+
+
+def chat_chunk_encoder(
+    meta: ResponseMeta, include_usage: bool
+) -> tuple[list[dict[str, Any]], ChunkEncoder]:
+    """The opening event (assistant role) and an encoder for the rest of a chat stream."""
+    event, encode = _choice_stream(meta, "chat.completion.chunk", include_usage, _chat_delta)
+    return [event({"delta": {"role": "assistant", "content": ""}}, None)], encode
 
 
 def text_chunk_encoder(
     meta: ResponseMeta, include_usage: bool
 ) -> tuple[list[dict[str, Any]], ChunkEncoder]:
     """Encoder for a legacy completions stream (no opening event)."""
-
-    def event(text: str, finish_reason: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "id": meta.id,
-            "object": "text_completion",
-            "created": meta.created,
-            "model": meta.model,
-            "system_fingerprint": meta.instance,
-            "choices": [
-                {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
-        if include_usage:
-            body["usage"] = None
-        return body
-
-    def encode(chunk: Chunk) -> Iterable[dict[str, Any]]:
-        if chunk.text:
-            yield event(chunk.text, None)
-        if chunk.finish_reason is not None:
-            yield event("", chunk.finish_reason)
-            if include_usage:
-                yield {
-                    **event("", None),
-                    "choices": [],
-                    "usage": usage_dict(chunk.usage or Usage()),
-                }
-
+    _, encode = _choice_stream(meta, "text_completion", include_usage, lambda t: {"text": t})
     return [], encode
 
 

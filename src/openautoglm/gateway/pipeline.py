@@ -25,7 +25,7 @@ from openautoglm.backends.base import collect
 from openautoglm.backends.text import count_tokens
 from openautoglm.contexts.model import Turn as StoredTurn
 from openautoglm.contexts.windowing import TokenCounter, make_token_counter
-from openautoglm.core.errors import InvalidRequestError, OpenAutoGLMError, PermissionDeniedError
+from openautoglm.core.errors import InvalidRequestError, OpenAutoGLMError
 from openautoglm.core.ids import new_object_id
 from openautoglm.core.types import (
     Chunk,
@@ -39,7 +39,11 @@ from openautoglm.core.types import (
 )
 from openautoglm.gateway.conversation import SUMMARY_ALLOWANCE_TOKENS, Conversations
 from openautoglm.gateway.limiting import RequestLimits
-from openautoglm.gateway.routing import authorised_model, choose_instance
+from openautoglm.gateway.routing import (
+    authorised_model,
+    choose_instance,
+    require_inference_role,
+)
 from openautoglm.limits.headers import ratelimit_headers
 from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
@@ -151,10 +155,7 @@ class Gateway:
                 code="embeddings_not_supported",
                 param="model",
             )
-        if not principal.role.may_infer:
-            raise PermissionDeniedError(
-                f"role '{principal.role.value}' may not call models", code="role_forbidden"
-            )
+        require_inference_role(principal)
         instance = model.pick()
         started = time.perf_counter()
         lease = await self._limits.reserve(principal, sum(count_tokens(text) for text in inputs))

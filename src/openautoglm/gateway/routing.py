@@ -18,14 +18,19 @@ def authorised_model(catalog: ModelCatalog, principal: Principal, name: str | No
     return model
 
 
-def choose_instance(
-    catalog: ModelCatalog, principal: Principal, request: GenerationRequest
-) -> Instance:
-    """Authorise and validate ``request`` against its model, then pick an instance."""
+def require_inference_role(principal: Principal) -> None:
+    """Refuse callers whose role may not call models (auditors)."""
     if not principal.role.may_infer:
         raise PermissionDeniedError(
             f"role '{principal.role.value}' may not call models", code="role_forbidden"
         )
+
+
+def choose_instance(
+    catalog: ModelCatalog, principal: Principal, request: GenerationRequest
+) -> Instance:
+    """Authorise and validate ``request`` against its model, then pick an instance."""
+    require_inference_role(principal)
     model = authorised_model(catalog, principal, request.model)
     capabilities = model.capabilities
     if request.kind == "chat" and not capabilities.chat:
