@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -17,6 +18,9 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from openautoglm.audit.log import AuditLog, AuditLogOptions
+from openautoglm.audit.ports import AuditStoreError
+from openautoglm.audit.signing import CheckpointSigner, signing_key_path
 from openautoglm.backends.demo import demo_models, find_demo_gguf
 from openautoglm.backends.factory import build_backend
 from openautoglm.config.settings import ConfigError, ModelConfig, Settings
@@ -27,9 +31,13 @@ from openautoglm.gateway.limiting import RequestLimits
 from openautoglm.gateway.pipeline import Gateway
 from openautoglm.limits.factory import build_rate_limiter
 from openautoglm.observability.metrics import GatewayMetrics
+from openautoglm.policy.lockout import InMemoryViolationCounter, RedisViolationCounter
+from openautoglm.policy.service import PolicyService
 from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
+from openautoglm.store.audit_sql import SqlAuditStore
 from openautoglm.store.contexts_sql import SqlContextStore
 from openautoglm.store.database import open_database
+from openautoglm.store.policy_sql import SqlPolicyStore
 from openautoglm.store.tenancy_sql import SqlTenancyStore
 from openautoglm.tenancy.admin import TenancyAdmin
 from openautoglm.tenancy.auth import Authenticator
@@ -56,6 +64,8 @@ class Services:
     admin: TenancyAdmin
     key_events: LocalKeyEvents
     contexts: ContextService
+    policies: PolicyService
+    audit: AuditLog | None = None
     redis: Redis | None = None
     issued_admin_key: IssuedKey | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
@@ -67,6 +77,8 @@ class Services:
         await asyncio.gather(*self.background, return_exceptions=True)
         await self.gateway.close()
         await self.catalog.close()
+        if self.audit is not None:
+            await self.audit.close()  # writes what is buffered; needs the engine
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()
@@ -91,6 +103,49 @@ async def purge_expired_contexts(
                 logger.info("purged %d expired contexts", purged)
         except (OSError, RedisError, SQLAlchemyError) as exc:
             logger.warning("purging expired contexts failed: %s", exc)
+
+
+AUDIT_RETENTION_INTERVAL_S = 86_400.0
+
+
+def build_audit_log(settings: Settings, engine: AsyncEngine, clock: Clock) -> AuditLog | None:
+    """The audit log on the store's engine (not started), or ``None`` when auditing is off."""
+    audit = settings.audit
+    if not audit.enabled:
+        return None
+    key_path = signing_key_path(audit.signing_key_file, settings.data_dir.expanduser())
+    options = AuditLogOptions(
+        flush_interval_s=audit.flush_interval_s,
+        batch_size=audit.batch_size,
+        max_pending=audit.max_pending,
+        checkpoint_interval_s=audit.checkpoint_interval_s,
+    )
+    return AuditLog(SqlAuditStore(engine), CheckpointSigner.from_file(key_path), clock, options)
+
+
+async def enforce_audit_retention(
+    audit: AuditLog,
+    redis: Redis | None,
+    retention_days: int,
+    clock: Clock,
+    interval_s: float = AUDIT_RETENTION_INTERVAL_S,
+    first_delay_s: float = 60.0,
+) -> None:
+    """Delete audit events older than ``retention_days``: soon after start, then every
+    ``interval_s``; with Redis, one replica per round does it."""
+    await asyncio.sleep(first_delay_s)
+    while True:
+        try:
+            if redis is None or await redis.set(
+                "autoglm:lock:audit-retention", "1", nx=True, ex=max(1, int(interval_s * 0.9))
+            ):
+                before = clock.now() - timedelta(days=retention_days)
+                deleted = await audit.prune(before)
+                if deleted:
+                    logger.info("audit retention deleted %d events", deleted)
+        except (OSError, RedisError, AuditStoreError) as exc:
+            logger.warning("audit retention failed: %s", exc)
+        await asyncio.sleep(interval_s)
 
 
 def configured_models(settings: Settings) -> list[ModelConfig]:
@@ -166,15 +221,34 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
             default_max_turns=settings.contexts.default_max_turns,
         ),
     )
+    policies = PolicyService(
+        SqlPolicyStore(engine),
+        clock,
+        settings.policy.libraries_dir,
+        RedisViolationCounter(redis, clock) if redis is not None else InMemoryViolationCounter(clock),
+        settings.policy.reload_interval_s,
+    )
+    audit = build_audit_log(settings, engine, clock)
     try:
+        await policies.refresh()
         await catalog.start()
     except BaseException:
         await catalog.close()
         await engine.dispose()
         raise
-    background = [asyncio.ensure_future(purge_expired_contexts(contexts, redis))]
+    background = [
+        asyncio.ensure_future(purge_expired_contexts(contexts, redis)),
+        asyncio.ensure_future(policies.run_reloader()),
+    ]
     if isinstance(key_events, RedisKeyEvents):
         background.append(asyncio.ensure_future(key_events.listen()))
+    if audit is not None:
+        await audit.start()
+        background.append(
+            asyncio.ensure_future(
+                enforce_audit_retention(audit, redis, settings.audit.retention_days, clock)
+            )
+        )
     return Services(
         settings=settings,
         clock=clock,
@@ -190,8 +264,11 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
             RequestLimits(build_rate_limiter(settings.redis_url, clock)),
             Conversations(contexts),
             settings.contexts.summary_model,
+            policies if settings.policy.enabled else None,
         ),
         contexts=contexts,
+        policies=policies,
+        audit=audit,
         admin=TenancyAdmin(store, clock, key_events),
         key_events=key_events,
         redis=redis,

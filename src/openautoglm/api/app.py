@@ -15,14 +15,17 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import Scope
 
+from openautoglm.api.auditing import record_trace
 from openautoglm.api.errors import install_error_handlers
 from openautoglm.api.hot_path import HotPathDispatcher
 from openautoglm.api.middleware import RequestContextMiddleware
-from openautoglm.api.routes import admin, contexts, health, inference
+from openautoglm.api.routes import admin, audit, contexts, health, inference, policies
 from openautoglm.config.settings import Settings, load_settings
 from openautoglm.core.clock import Clock
 from openautoglm.core.version import __version__
+from openautoglm.gateway.trace import CallTrace
 from openautoglm.services import ADMIN_KEY_FILE, Services, build_services
 
 
@@ -70,6 +73,11 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+def _audit_finished(scope: Scope, trace: CallTrace, status: int, request_id: str) -> None:
+    services = getattr(scope["app"].state, "services", None)
+    record_trace(services, trace, status, request_id)
+
+
 def create_app(
     settings: Settings, services: Services | None = None, clock: Clock | None = None
 ) -> FastAPI:
@@ -101,6 +109,8 @@ def create_app(
     app.include_router(inference.router)
     app.include_router(admin.router)
     app.include_router(contexts.router)
+    app.include_router(policies.router)
+    app.include_router(audit.router)
     _install_openapi(app)
     # add_middleware wraps: the last added runs first (request id, then CORS, then hot routes).
     app.add_middleware(HotPathDispatcher, handlers=inference.HOT_HANDLERS)
@@ -111,7 +121,11 @@ def create_app(
             allow_methods=["*"],
             allow_headers=["*"],
         )
-    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.server.max_body_bytes)
+    app.add_middleware(
+        RequestContextMiddleware,
+        max_body_bytes=settings.server.max_body_bytes,
+        on_finish=_audit_finished,
+    )
     return app
 
 

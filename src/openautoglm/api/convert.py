@@ -78,6 +78,8 @@ def chat_request(
         stream=body.stream,
         user=body.user,
         context_id=_context_id(body, headers),
+        priority=body.priority,
+        deadline_ms=body.deadline_ms,
     )
 
 
@@ -103,6 +105,8 @@ def completion_request(
         stream=body.stream,
         user=body.user,
         context_id=_context_id(body, headers),
+        priority=body.priority,
+        deadline_ms=body.deadline_ms,
     )
 
 
@@ -119,4 +123,6 @@ def generate_request(
         stream=body.stream,
         user=body.user,
         context_id=_context_id(body, headers),
+        priority=body.priority,
+        deadline_ms=body.deadline_ms,
     )

@@ -39,9 +39,16 @@ _TYPE_TAGS = frozenset({"str", "int", "float", "bool"})
 
 def error_payload(exc: OpenAutoGLMError) -> dict[str, object]:
     """The OpenAI-style error object for ``exc`` (also sent as an SSE event mid-stream)."""
-    return {
-        "error": {"message": exc.message, "type": exc.type, "code": exc.code, "param": exc.param}
+    error: dict[str, object] = {
+        "message": exc.message,
+        "type": exc.type,
+        "code": exc.code,
+        "param": exc.param,
     }
+    rule_id = getattr(exc, "rule_id", None)
+    if rule_id is not None:
+        error["rule"] = rule_id  # the rule that refused; never what it matched
+    return {"error": error}
 
 
 def error_response(exc: OpenAutoGLMError) -> Response:
@@ -89,7 +96,23 @@ def validation_error(exc: ValidationError | RequestValidationError) -> InvalidRe
 
 
 def response_for(exc: Exception, request: Request) -> Response:
-    """The error answer for any exception a handler raised."""
+    """The error answer for any exception a handler raised (noted on the request's trace)."""
+    response = _response_for(exc, request)
+    trace = request.scope.get("state", {}).get("trace")
+    if trace is not None:
+        trace.error_code = _code_of(exc, response)
+    return response
+
+
+def _code_of(exc: Exception, response: Response) -> str:
+    if isinstance(exc, OpenAutoGLMError):
+        return exc.code
+    if isinstance(exc, (ValidationError, RequestValidationError)):
+        return validation_error(exc).code
+    return _STATUS_TYPES.get(response.status_code, ("", "server_error"))[1]
+
+
+def _response_for(exc: Exception, request: Request) -> Response:
     if isinstance(exc, OpenAutoGLMError):
         return error_response(exc)
     if isinstance(exc, (ValidationError, RequestValidationError)):

@@ -18,6 +18,7 @@ from openautoglm.api.errors import error_payload
 from openautoglm.api.responses import ChunkEncoder
 from openautoglm.core.errors import OpenAutoGLMError
 from openautoglm.gateway.pipeline import OpenStream
+from openautoglm.gateway.trace import CallTrace
 
 _DONE = b"data: [DONE]\n\n"
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -28,7 +29,10 @@ def _event(payload: Any) -> bytes:
 
 
 async def _events(
-    opened: OpenStream, preamble: list[dict[str, Any]], encode: ChunkEncoder
+    opened: OpenStream,
+    preamble: list[dict[str, Any]],
+    encode: ChunkEncoder,
+    trace: CallTrace | None,
 ) -> AsyncIterator[bytes]:
     try:
         for payload in preamble:
@@ -39,6 +43,8 @@ async def _events(
             for payload in encode(chunk):
                 yield _event(payload)
     except OpenAutoGLMError as exc:
+        if trace is not None:
+            trace.error_code = exc.code
         yield _event(error_payload(exc))
     finally:
         with anyio.CancelScope(shield=True):
@@ -51,10 +57,11 @@ def sse_response(
     preamble: list[dict[str, Any]],
     encode: ChunkEncoder,
     headers: dict[str, str],
+    trace: CallTrace | None = None,
 ) -> StreamingResponse:
     """A ``text/event-stream`` response that ends with ``data: [DONE]``."""
     return StreamingResponse(
-        _events(opened, preamble, encode),
+        _events(opened, preamble, encode, trace),
         media_type="text/event-stream",
         headers={**SSE_HEADERS, **headers},
     )

@@ -8,13 +8,15 @@ from typing import Annotated
 
 import typer
 
-from openautoglm.cli import keys, tenants
+from openautoglm.cli import audit, keys, policies, tenants
 from openautoglm.cli.common import ConfigOption, err, settings_or_exit
 from openautoglm.core.version import __version__
 
 app = typer.Typer(help="Open-AutoGLM: a self-hosted enterprise LLM engine.", no_args_is_help=True)
 app.add_typer(keys.app, name="keys")
 app.add_typer(tenants.app, name="tenants")
+app.add_typer(policies.app, name="policies")
+app.add_typer(audit.app, name="audit")
 
 
 @app.command()

@@ -120,6 +120,42 @@ class ContextsSettings(BaseModel):
     )
 
 
+class AuditSettings(BaseModel):
+    """The tamper-evident audit log (one event per request and per admin action)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    flush_interval_s: float = Field(
+        default=0.2, gt=0, le=60, description="longest an answered request's event waits unwritten"
+    )
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="events per write")
+    max_pending: int = Field(
+        default=100_000, ge=100, description="events held in memory while the store is down"
+    )
+    checkpoint_interval_s: float = Field(
+        default=60.0, gt=0, description="how often the chain head is signed"
+    )
+    retention_days: int = Field(default=180, ge=1, description="CSL Art. 21: at least 180 days")
+    signing_key_file: Path | None = Field(
+        default=None, description="Ed25519 private key (PEM); default <data_dir>/audit_signing.key"
+    )
+
+
+class PolicySettings(BaseModel):
+    """The policy engine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    reload_interval_s: float = Field(
+        default=2.0, gt=0, description="poll for policy changes (Redis announces them at once)"
+    )
+    libraries_dir: Path | None = Field(
+        default=None, description="extra folder of keyword library files a policy may name"
+    )
+
+
 class Settings(BaseSettings):
     """Everything an ``autoglm`` process reads at start."""
 
@@ -133,6 +169,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     server: ServerSettings = Field(default_factory=ServerSettings)
     contexts: ContextsSettings = Field(default_factory=ContextsSettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     models: list[ModelConfig] = Field(default_factory=list)
     default_model: str | None = Field(
         default=None, description="model for requests that name none (default: the first)"

@@ -73,6 +73,8 @@ class GenerationRequest:
     user: str | None = None
     context_id: str | None = None
     tenant_id: str | None = None
+    priority: int | None = None  # 0 highest ... 9 lowest
+    deadline_ms: int | None = None  # the caller's budget, from arrival
 
     @property
     def has_images(self) -> bool:

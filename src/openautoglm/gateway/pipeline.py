@@ -1,9 +1,12 @@
 """The gateway: every inference request, whatever its entry point, passes through here.
 
-Stages, in order: authenticate (the caller, with :meth:`Gateway.authenticate`); route (role,
-model allow-list, capabilities, regions -> an instance); context (load and window the history,
-holding the context for the whole call); limits (reserve the worst-case cost); backend; then
-settle the real cost, store the turn, record metrics. A refusal at any stage raises an
+Stages, in order: authenticate (the caller, with :meth:`Gateway.authenticate`); input policy
+(suspended keys, model lists, caps, sensitive words and PII in the prompt); route (role, model
+allow-list, capabilities, regions -> an instance); context (load and window the history,
+holding the context for the whole call); limits (reserve the worst-case cost); backend, under
+the deadline and through the output policy; then settle the real cost, store the turn, record
+metrics. Each stage's duration goes into the request's :class:`CallTrace` (the audit log's
+call chain). A refusal at any stage raises an
 ``OpenAutoGLMError``; nothing here knows HTTP.
 
 Invariants: :meth:`Gateway.open_stream` returns only after the backend produced its first chunk,
@@ -38,14 +41,18 @@ from openautoglm.core.types import (
     Usage,
 )
 from openautoglm.gateway.conversation import SUMMARY_ALLOWANCE_TOKENS, Conversations
+from openautoglm.gateway.guarding import OutputFilter, within_deadline
 from openautoglm.gateway.limiting import RequestLimits
+from openautoglm.gateway.policing import Deadline, Policing
 from openautoglm.gateway.routing import (
     authorised_model,
     choose_instance,
     require_inference_role,
 )
+from openautoglm.gateway.trace import CallTrace, untraced
 from openautoglm.limits.headers import ratelimit_headers
 from openautoglm.observability.metrics import GatewayMetrics
+from openautoglm.policy.service import PolicyService
 from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
 from openautoglm.tenancy.auth import Authenticator
 from openautoglm.tenancy.model import Principal
@@ -93,6 +100,7 @@ class Gateway:
         limits: RequestLimits,
         conversations: Conversations,
         summary_model: str | None = None,
+        policies: PolicyService | None = None,
     ) -> None:
         self.catalog = catalog
         self._authenticator = authenticator
@@ -100,34 +108,51 @@ class Gateway:
         self._limits = limits
         self._conversations = conversations
         self._detached: set[asyncio.Task[Any]] = set()
+        self.policing = Policing(policies, self._in_background)
         self.summary_model = summary_model
         if summary_model is not None and conversations.summarise is None:
             conversations.summarise = self._summarise
 
-    async def authenticate(self, secret: str | None) -> Principal:
-        return await self._authenticator.authenticate(secret)
+    async def authenticate(self, secret: str | None, trace: CallTrace | None = None) -> Principal:
+        if trace is None:
+            return await self._authenticator.authenticate(secret)
+        trace.authenticated = True
+        with trace.stage("auth"):
+            principal = await self._authenticator.authenticate(secret)
+        trace.principal = principal
+        return principal
 
     def visible_models(self, principal: Principal) -> list[ServedModel]:
         """The models this caller may use, in configuration order."""
         return [model for model in self.catalog if principal.may_use_model(model.name)]
 
-    async def open_stream(self, principal: Principal, request: GenerationRequest) -> OpenStream:
+    async def open_stream(
+        self, principal: Principal, request: GenerationRequest, trace: CallTrace | None = None
+    ) -> OpenStream:
         """Start a call and wait for its first chunk."""
-        instance = choose_instance(self.catalog, principal, request)
+        trace = trace or untraced()
+        checked = self.policing.check_input(principal, request, trace)
+        request = checked.request
+        with trace.stage("route"):
+            instance = choose_instance(self.catalog, principal, request, checked.regions)
+        trace.instance = instance.name
         info = _CallInfo()
-        stream = self._call(principal, request, instance, info)
+        stream = self._call(principal, request, instance, info, trace, checked.deadline)
         try:
             first = await anext(stream)
         except StopAsyncIteration:
             first = Chunk(finish_reason="stop", usage=Usage())
-        except BaseException:
+        except BaseException as exc:
             await stream.aclose()
+            self.policing.refused(principal, exc)
             raise
         return OpenStream(instance=instance, first=first, rest=stream, headers=info.headers)
 
-    async def complete(self, principal: Principal, request: GenerationRequest) -> Answer:
+    async def complete(
+        self, principal: Principal, request: GenerationRequest, trace: CallTrace | None = None
+    ) -> Answer:
         """Run a call to the end and return the whole answer."""
-        opened = await self.open_stream(principal, request)
+        opened = await self.open_stream(principal, request, trace)
         parts: list[str] = []
         finish: FinishReason = "stop"
         usage = Usage()
@@ -192,44 +217,87 @@ class Gateway:
         await self._limits.close()
 
     async def _call(
-        self, principal: Principal, request: GenerationRequest, instance: Instance, info: _CallInfo
+        self,
+        principal: Principal,
+        request: GenerationRequest,
+        instance: Instance,
+        info: _CallInfo,
+        trace: CallTrace,
+        deadline: Deadline | None,
     ) -> AsyncGenerator[Chunk, None]:
         started = time.perf_counter()
         outcome, cost = "cancelled", None
         instance.in_flight += 1
         try:
             counter = _counter_of(instance)
-            turn = await self._conversations.begin(
-                principal, request, instance.backend.capabilities.context_length, counter
-            )
+            with trace.stage("context"):
+                turn = await self._conversations.begin(
+                    principal, request, instance.backend.capabilities.context_length, counter
+                )
             try:
                 call, lease, prompt_tokens = turn.request, None, 0
-                if principal.key_limits or principal.tenant_limits:
+                if self.policing.counts_prompt(principal, call.model):
                     prompt_tokens = _prompt_tokens(call, counter)
-                    lease = await self._limits.acquire(principal, call, prompt_tokens)
+                    self.policing.check_prompt_tokens(principal, call.model, prompt_tokens, trace)
+                if principal.key_limits or principal.tenant_limits:
+                    with trace.stage("limits"):
+                        prompt_tokens = prompt_tokens or _prompt_tokens(call, counter)
+                        lease = await self._limits.acquire(principal, call, prompt_tokens)
                     if lease is not None:
                         info.headers = ratelimit_headers(lease.status)
+                output = OutputFilter(self.policing.policy_of(principal), call.model, trace)
                 parts: list[str] = []
+                released: list[str] = []
                 usage: Usage | None = None
                 finish = None
+                begun = time.perf_counter()
+                chunks = within_deadline(
+                    instance.backend.generate(call),
+                    deadline.at if deadline else None,
+                    deadline.budget_ms if deadline else None,
+                )
                 try:
-                    async for chunk in instance.backend.generate(call):
+                    async for raw in chunks:
+                        if not parts and "first_token" not in trace.stages:
+                            trace.add_stage("first_token", begun)
+                        if raw.text:
+                            parts.append(raw.text)
+                        if raw.usage is not None:
+                            usage = raw.usage
+                        chunk = output.filter(raw)
+                        if chunk is None:
+                            continue
                         if chunk.text:
-                            parts.append(chunk.text)
-                        if chunk.usage is not None:
-                            usage = chunk.usage
+                            released.append(chunk.text)
                         if chunk.finish_reason is not None:
                             finish = chunk.finish_reason
                         yield chunk
+                        if output.blocked_rule is not None:
+                            break
+                    if finish is None and output.active:
+                        tail = output.tail()
+                        if tail is not None:
+                            released.append(tail.text)
+                            finish = tail.finish_reason
+                            yield tail
                 finally:
+                    await chunks.aclose()
+                    trace.add_stage("generate", begun)
                     # A call cut short has no usage from the backend: charge what it produced.
                     cost = usage or Usage(
                         prompt_tokens or _prompt_tokens(call, counter), count_tokens("".join(parts))
                     )
+                    trace.usage = cost
                     if lease is not None:
                         self._in_background(self._limits.settle(lease, cost))
+                answer = "".join(released)
+                trace.finish_reason = finish
+                if trace.content_mode != "none":
+                    trace.answer = answer
+                if output.blocked_rule is not None:
+                    self.policing.output_blocked(principal, output.blocked_rule)
                 if finish is not None:
-                    await turn.store(Completion("".join(parts), finish, cost))
+                    await turn.store(Completion(answer, finish, cost))
             finally:
                 await turn.release()
             outcome = "ok"

@@ -27,9 +27,13 @@ def require_inference_role(principal: Principal) -> None:
 
 
 def choose_instance(
-    catalog: ModelCatalog, principal: Principal, request: GenerationRequest
+    catalog: ModelCatalog,
+    principal: Principal,
+    request: GenerationRequest,
+    policy_regions: tuple[str, ...] | None = None,
 ) -> Instance:
-    """Authorise and validate ``request`` against its model, then pick an instance."""
+    """Authorise and validate ``request`` against its model, then pick an instance (in the
+    key's regions and, when a policy names regions, only in those)."""
     require_inference_role(principal)
     model = authorised_model(catalog, principal, request.model)
     capabilities = model.capabilities
@@ -48,13 +52,19 @@ def choose_instance(
             code="image_input_not_supported",
             param="messages",
         )
-    if principal.allowed_regions is None:
+    if principal.allowed_regions is None and policy_regions is None:
         return model.pick()
-    allowed = [i for i in model.instances if principal.may_use_region(i.config.region)]
+    allowed = [
+        i
+        for i in model.instances
+        if principal.may_use_region(i.config.region)
+        and (policy_regions is None or i.config.region in policy_regions)
+    ]
     if not allowed:
+        regions = principal.allowed_regions if policy_regions is None else policy_regions
         raise PermissionDeniedError(
-            f"no instance of model '{model.name}' is in a region this key may use "
-            f"({', '.join(principal.allowed_regions)})",
+            f"no instance of model '{model.name}' is in a region this "
+            f"{'key' if policy_regions is None else 'policy'} allows ({', '.join(regions or ())})",
             code="region_not_allowed",
         )
     return model.pick(among=allowed)

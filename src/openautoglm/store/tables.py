@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     ForeignKey,
@@ -91,4 +92,83 @@ context_turns = Table(
     Column("num_tokens", Integer, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("request_id", String(64), nullable=True),
+)
+
+# Policy documents (migration 0004). Every apply adds a version; the highest version of a scope
+# is in force, and a version with no document withdraws the scope's policy.
+policy_versions = Table(
+    "policy_versions",
+    metadata,
+    Column("scope", String(64), primary_key=True),  # "global" or a tenant id
+    Column("version", Integer, primary_key=True),
+    Column("document", Text, nullable=True),
+    Column("digest", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(64), nullable=True),
+    Column("comment", Text, nullable=True),
+)
+
+# Keys suspended after repeated policy violations (migration 0004).
+key_suspensions = Table(
+    "key_suspensions",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("tenant_id", String(64), nullable=False),
+    Column("suspended_until", DateTime(timezone=True), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_key_suspensions_suspended_until", "suspended_until"),
+)
+
+# Audit log (migration 0005). ``payload`` is the canonical JSON the chain hashes; the other
+# columns of ``audit_events`` copy fields of it for indexed filtering, and verification checks
+# that they still equal the payload. ``audit_event_rules`` indexes the policy rules per event.
+# A seq is a BIGINT, and on SQLite an INTEGER: there ``INTEGER PRIMARY KEY`` is the rowid itself.
+_SEQ = BigInteger().with_variant(Integer, "sqlite")
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("seq", _SEQ, primary_key=True, autoincrement=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("endpoint", String(200), nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("tenant_id", String(64), nullable=True),
+    Column("key_id", String(64), nullable=True),
+    Column("model", String(200), nullable=True),
+    Column("error_code", String(64), nullable=True),
+    Column("payload", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Index("ix_audit_events_tenant_id_seq", "tenant_id", "seq"),
+    Index("ix_audit_events_tenant_id_occurred_at", "tenant_id", "occurred_at", "seq"),
+    Index("ix_audit_events_occurred_at", "occurred_at", "seq"),
+    Index("ix_audit_events_key_id_seq", "key_id", "seq"),
+    Index("ix_audit_events_model_seq", "model", "seq"),
+    Index("ix_audit_events_status_seq", "status", "seq"),
+    Index("ix_audit_events_kind_seq", "kind", "seq"),
+)
+
+audit_event_rules = Table(
+    "audit_event_rules",
+    metadata,
+    Column("seq", _SEQ, primary_key=True),
+    Column("rule_id", String(200), primary_key=True),
+    Column("tenant_id", String(64), nullable=True),
+    Index("ix_audit_event_rules_rule_id_seq", "rule_id", "seq"),
+    Index("ix_audit_event_rules_tenant_id_rule_id", "tenant_id", "rule_id", "seq"),
+)
+
+audit_checkpoints = Table(
+    "audit_checkpoints",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("seq", _SEQ, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("key_fingerprint", String(80), nullable=False),
+    Column("signature", String(128), nullable=False),
+    Index("ix_audit_checkpoints_seq", "seq"),
 )

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Query, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 
-from openautoglm.api.context import api_key_of, services_of
+from openautoglm.api.context import authenticate, services_of, trace_of
 from openautoglm.api.routes.inference import ERRORS
 from openautoglm.tenancy.admin import TenancyAdmin
 from openautoglm.tenancy.model import ApiKey, Principal, Role, Tenant
@@ -26,7 +26,7 @@ Limits = dict[str, int]
 
 async def caller(request: Request) -> Principal:
     """The authenticated principal of an admin request."""
-    return await services_of(request).gateway.authenticate(api_key_of(request))
+    return await authenticate(request)
 
 
 def admin_of(request: Request) -> TenancyAdmin:
@@ -146,8 +146,12 @@ def key_out(key: ApiKey, request: Request) -> dict[str, Any]:
 
 
 @router.post("/tenants", status_code=status.HTTP_201_CREATED, response_model=TenantOut)
-async def create_tenant(body: TenantCreate, actor: Caller, admin: Admin) -> TenantOut:
-    return tenant_out(await admin.create_tenant(actor, body.name, body.limits))
+async def create_tenant(
+    body: TenantCreate, actor: Caller, admin: Admin, request: Request
+) -> TenantOut:
+    tenant = await admin.create_tenant(actor, body.name, body.limits)
+    trace_of(request).admin_action("tenant.created", tenant_id=tenant.id, name=tenant.name)
+    return tenant_out(tenant)
 
 
 @router.get("/tenants", response_model=ListOf)
@@ -162,11 +166,14 @@ async def get_tenant(tenant_id: str, actor: Caller, admin: Admin) -> TenantOut:
 
 @router.patch("/tenants/{tenant_id}", response_model=TenantOut)
 async def update_tenant(
-    tenant_id: str, body: TenantUpdate, actor: Caller, admin: Admin
+    tenant_id: str, body: TenantUpdate, actor: Caller, admin: Admin, request: Request
 ) -> TenantOut:
     clear = "limits" in body.model_fields_set and body.limits is None
     tenant = await admin.update_tenant(
         actor, tenant_id, limits=body.limits, clear_limits=clear, disabled=body.disabled
+    )
+    trace_of(request).admin_action(
+        "tenant.updated", tenant_id=tenant_id, fields=sorted(body.model_fields_set)
     )
     return tenant_out(tenant)
 
@@ -190,7 +197,11 @@ async def create_key(
         limits=body.limits,
         expires_at=expires_at,
     )
-    return {**key_out(issued.key, request), "secret": issued.secret}
+    key = issued.key
+    trace_of(request).admin_action(
+        "key.created", key_id=key.id, tenant_id=key.tenant_id, role=key.role.value
+    )
+    return {**key_out(key, request), "secret": issued.secret}
 
 
 TenantQuery = Annotated[str | None, Query(description="default: the caller's tenant")]
@@ -215,7 +226,9 @@ async def get_key(
 async def revoke_key(
     key_id: str, actor: Caller, admin: Admin, request: Request, tenant_id: TenantQuery = None
 ) -> dict[str, Any]:
-    return key_out(await admin.revoke_key(actor, tenant_id or actor.tenant_id, key_id), request)
+    key = await admin.revoke_key(actor, tenant_id or actor.tenant_id, key_id)
+    trace_of(request).admin_action("key.revoked", key_id=key.id, tenant_id=key.tenant_id)
+    return key_out(key, request)
 
 
 @router.delete("/keys/{key_id}", response_model=KeyOut, summary="Revoke a key (same as /revoke)")
@@ -238,4 +251,7 @@ async def rotate_key(
 ) -> dict[str, Any]:
     grace_s = body.grace_s if body is not None else 0
     issued = await admin.rotate_key(actor, tenant_id or actor.tenant_id, key_id, grace_s)
+    trace_of(request).admin_action(
+        "key.rotated", key_id=key_id, new_key_id=issued.key.id, tenant_id=issued.key.tenant_id
+    )
     return {**key_out(issued.key, request), "secret": issued.secret}

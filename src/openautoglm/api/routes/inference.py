@@ -17,7 +17,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from openautoglm.api import convert, responses
-from openautoglm.api.context import api_key_of, request_id_of, services_of, unix_time
+from openautoglm.api.context import (
+    authenticate,
+    request_id_of,
+    services_of,
+    trace_of,
+    unix_time,
+)
 from openautoglm.api.disconnect import unless_disconnected
 from openautoglm.api.responses import ChunkEncoder
 from openautoglm.api.schemas import (
@@ -60,7 +66,7 @@ router = APIRouter(prefix="/v1", responses=ERRORS)
 
 async def _start(request: Request) -> tuple[Gateway, Principal, bytes]:
     gateway = services_of(request).gateway
-    principal = await gateway.authenticate(api_key_of(request))
+    principal = await authenticate(request)
     return gateway, principal, await request.body()
 
 
@@ -97,12 +103,13 @@ async def _answer(
             context_id=generation.context_id,
         )
 
+    trace = trace_of(request)
     if generation.stream:
-        opened = await gateway.open_stream(principal, generation)
+        opened = await gateway.open_stream(principal, generation, trace)
         preamble, encode = shape.stream(meta(opened.instance), include_usage)
         headers = {**responses.model_headers(opened.instance), **opened.headers}
-        return sse_response(opened, preamble, encode, headers)
-    answer = await unless_disconnected(request, gateway.complete(principal, generation))
+        return sse_response(opened, preamble, encode, headers, trace)
+    answer = await unless_disconnected(request, gateway.complete(principal, generation, trace))
     return responses.json_response(
         shape.whole(meta(answer.instance), answer.completion),
         {**responses.model_headers(answer.instance), **answer.headers},
@@ -195,7 +202,7 @@ def _encode_vector(vector: tuple[float, ...], body: EmbeddingRequest) -> Any:
 @router.get("/models", summary="List the models this key may use", response_model=ModelList)
 async def list_models(request: Request) -> Response:
     gateway = services_of(request).gateway
-    principal = await gateway.authenticate(api_key_of(request))
+    principal = await authenticate(request)
     created = services_of(request).started_at
     data = [
         {"id": model.name, "object": "model", "created": created, "owned_by": "openautoglm"}
@@ -207,7 +214,7 @@ async def list_models(request: Request) -> Response:
 @router.get("/models/{model_id:path}", summary="Describe one model")
 async def retrieve_model(model_id: str, request: Request) -> Response:
     gateway = services_of(request).gateway
-    principal = await gateway.authenticate(api_key_of(request))
+    principal = await authenticate(request)
     if model_id not in {model.name for model in gateway.visible_models(principal)}:
         raise model_not_found(model_id)
     model = gateway.catalog.get(model_id)
