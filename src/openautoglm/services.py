@@ -225,7 +225,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         SqlPolicyStore(engine),
         clock,
         settings.policy.libraries_dir,
-        RedisViolationCounter(redis, clock) if redis is not None else InMemoryViolationCounter(clock),
+        RedisViolationCounter(redis, clock) if redis else InMemoryViolationCounter(clock),
         settings.policy.reload_interval_s,
     )
     audit = build_audit_log(settings, engine, clock)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING  # LAZYFIX
 
 from openautoglm.core.errors import DeadlineExceededError
@@ -78,7 +78,7 @@ class OutputFilter:
 
 
 async def within_deadline(
-    chunks: AsyncGenerator[Chunk, None], deadline: float | None, budget_ms: int | None
+    chunks: AsyncIterator[Chunk], deadline: float | None, budget_ms: int | None
 ) -> AsyncGenerator[Chunk, None]:
     """``chunks`` until ``deadline`` (event-loop time); past it the call is cancelled (504)."""
     if deadline is None:
@@ -98,4 +98,6 @@ async def within_deadline(
                 ) from None
             yield chunk
     finally:
-        await chunks.aclose()
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            await close()

@@ -26,7 +26,14 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 Action = Literal["block", "mask", "flag"]
 Stage = Literal["input", "output"]
@@ -84,6 +91,12 @@ class WordsRule(Rule):
         default=None, description="only these categories of the library"
     )
     window: int = Field(default=32, ge=1, le=512)
+
+    @model_validator(mode="after")
+    def _has_words(self) -> WordsRule:
+        if not self.words and self.library is None:
+            raise ValueError("a words rule needs 'words' or a 'library'")
+        return self
 
     @field_validator("words")
     @classmethod
@@ -206,6 +219,11 @@ class PolicyDocument(_Strict):
 
 def parse_policy(text: str) -> PolicyDocument:
     """Parse and validate a YAML policy; raise :class:`PolicyError` naming the line."""
+    return parse_policy_with_lines(text)[0]
+
+
+def parse_policy_with_lines(text: str) -> tuple[PolicyDocument, tuple[int | None, ...]]:
+    """:func:`parse_policy`, plus the line of each rule (to place later compile errors)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_DOCUMENT_BYTES:
         raise PolicyError(f"the document is larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
@@ -225,9 +243,10 @@ def parse_policy(text: str) -> PolicyDocument:
     rules = [_parse_rule(raw, index, root) for index, raw in enumerate(raw_rules)]
     _refuse_duplicate_ids(rules, root)
     try:
-        return PolicyDocument.model_validate({**data, "rules": rules})
+        document = PolicyDocument.model_validate({**data, "rules": rules})
     except ValidationError as exc:
         raise _located(exc, (), root) from exc
+    return document, tuple(_line_of(root, ("rules", i)) for i in range(len(rules)))
 
 
 def _parse_rule(raw: Any, index: int, root: yaml.Node | None) -> Rule:

@@ -36,7 +36,7 @@ from openautoglm.policy.document import (
 )
 
 if TYPE_CHECKING:  # LAZYFIX
-    from openautoglm.policy.pii import MaskShape
+    from openautoglm.policy.pii import MaskShape, Recognizer
     from openautoglm.policy.scanner import Detector, Guard, Span
     from openautoglm.policy.words import WordEntry
 
@@ -94,14 +94,29 @@ class _Compiled:
 class CompiledDocument:
     """One scope's document with its detectors built."""
 
-    def __init__(self, document: PolicyDocument, libraries_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        document: PolicyDocument,
+        libraries_dir: Path | None = None,
+        lines: Sequence[int | None] = (),
+    ) -> None:
         self.document = document
-        self.rules = tuple(_compile(rule, libraries_dir) for rule in document.rules)
+        compiled = []
+        for index, rule in enumerate(document.rules):
+            try:
+                compiled.append(_compile(rule, libraries_dir))
+            except (PolicyError, ValueError) as exc:
+                line = lines[index] if index < len(lines) else None
+                reason = exc.reason if isinstance(exc, PolicyError) else str(exc)
+                raise PolicyError(f"rules[{index}] ('{rule.id}'): {reason}", line) from exc
+        self.rules = tuple(compiled)
 
 
-def compile_document(document: PolicyDocument, libraries_dir: Path | None) -> CompiledDocument:
+def compile_document(
+    document: PolicyDocument, libraries_dir: Path | None, lines: Sequence[int | None] = ()
+) -> CompiledDocument:
     """Build a document's detectors; a missing library becomes a :class:`PolicyError`."""
-    return CompiledDocument(document, libraries_dir)
+    return CompiledDocument(document, libraries_dir, lines)
 
 
 class EffectivePolicy:
@@ -313,7 +328,9 @@ def _shape(mask: MaskConfig) -> MaskShape:
     return MaskShape(keep_start=mask.keep_start, keep_end=mask.keep_end, char=mask.char)
 
 
-def _shaped(recognizer: object, mask: MaskConfig | None) -> object:
+def _shaped(recognizer: Recognizer, mask: MaskConfig | None) -> Recognizer:
+    """The built-in ``recognizer`` with the rule's own mask shape, if it has one."""
     if mask is None:
         return recognizer
-    return dataclasses.replace(recognizer, shape=_shape(mask))  # type: ignore[type-var]
+    shaped: Recognizer = type(recognizer)(shape=_shape(mask))  # type: ignore[call-arg]
+    return shaped

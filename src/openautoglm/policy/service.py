@@ -17,7 +17,7 @@ from pathlib import Path
 
 from openautoglm.core.clock import Clock
 from openautoglm.core.errors import InvalidRequestError, NotFoundError
-from openautoglm.policy.document import PolicyError, parse_policy
+from openautoglm.policy.document import PolicyError, parse_policy, parse_policy_with_lines
 from openautoglm.policy.engine import (
     CompiledDocument,
     EffectivePolicy,
@@ -44,7 +44,8 @@ class InvalidPolicy(InvalidRequestError):
 def validate(text: str, libraries_dir: Path | None = None) -> CompiledDocument:
     """Parse and compile ``text``; raise :class:`InvalidPolicy` if it cannot be used."""
     try:
-        return compile_document(parse_policy(text), libraries_dir)
+        document, lines = parse_policy_with_lines(text)
+        return compile_document(document, libraries_dir, lines)
     except PolicyError as exc:
         raise InvalidPolicy(exc) from exc
     except ValueError as exc:  # a detector refused its configuration
