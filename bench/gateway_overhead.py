@@ -1,6 +1,6 @@
-"""Gateway overhead (issues 2 and 3): what ``autoglm serve`` costs on top of a bare proxy.
+"""Gateway overhead (issues 2, 3 and 4): what ``autoglm serve`` costs on top of a bare proxy.
 
-Five targets answer the same small non-streamed chat completion, all on 127.0.0.1:
+Six targets answer the same small non-streamed chat completion, all on 127.0.0.1:
 
   (a) direct   a fake OpenAI-compatible upstream (raw ASGI on uvicorn + uvloop + httptools)
                that answers instantly with a fixed chat.completion;
@@ -8,7 +8,8 @@ Five targets answer the same small non-streamed chat completion, all on 127.0.0.
                the floor;
   (c) autoglm  ``autoglm serve`` (1 worker, temporary data dir, one ``openai`` model pointing
                at (a)), called with the platform-admin key: auth, validation, routing, backend,
-               response building (the issue-2 serving core: no limits, no Redis);
+               response building (the issue-2 serving core: no limits, no Redis, no policy,
+               no audit log);
   (d) limits   a second ``autoglm serve`` process (own data dir, same upstream) with ``redis_url``
                set, called with a developer key whose limits are far above the load: every
                request runs the rate limiter's acquire and settle Lua scripts in Redis, none is
@@ -17,6 +18,10 @@ Five targets answer the same small non-streamed chat completion, all on 127.0.0.
                (``X-AutoGLM-Context-Id``): load and window the history, call, store the turn
                pair. With wrk a Lua ``request()`` rotates over 64 context ids, with the Python
                generator each client has its own. Informational (two SQLite writes per request).
+  (f) governed a third ``autoglm serve`` with the issue-4 governance on: a global policy of
+               10,000 keywords (input and output, blocking) plus every PII recogniser (masking,
+               input and output), and the audit log (one hash-chained event per request, written
+               in batches, content mode ``hash``). Its target: within 25% of (c).
 
 Each target gets a warm-up, then ``--concurrency`` clients for ``--duration`` seconds, then one
 client for ``--c1-duration`` seconds. The load generator is ``wrk`` when it is on PATH, else a
@@ -81,14 +86,18 @@ UPSTREAM_COMPLETION = {
 TARGET_RPS_AUTOGLM = 1500.0  # issues 2 and 3: requests/s through autoglm at 64 concurrency
 TARGET_ADDED_P50_MS = 2.0  # issues 2 and 3: p50 added latency at concurrency 1
 TARGET_LIMITS_OVER_CORE = 0.8  # issue 3: (d) within 20% of (c) requests/s
-TARGETS = ("direct", "proxy", "autoglm", "limits", "context")
+TARGET_GOVERNED_OVER_CORE = 0.75  # issue 4: (f) within 25% of (c) requests/s
+TARGETS = ("direct", "proxy", "autoglm", "limits", "context", "governed")
 LABELS = {
     "direct": "(a) upstream direct",
     "proxy": "(b) bare proxy",
     "autoglm": "(c) autoglm",
     "limits": "(d) autoglm + redis limits",
     "context": "(e) autoglm + limits + context",
+    "governed": "(f) autoglm + policies + audit",
 }
+UNGOVERNED = "policy: {enabled: false}\naudit: {enabled: false}\n"
+NUM_KEYWORDS = 10_000
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
 RATE_LIMIT_PREFIX = "autoglm:rl:"  # the server's default key prefix (limits.redis_limiter)
 # Far above anything one machine can send: every request is limited (acquire + settle scripts),
@@ -588,14 +597,16 @@ def start_fleet(fleet: Fleet, redis_url: str) -> tuple[dict[str, LoadSpec], Limi
     )
     fleet.wait_until("upstream", answers(upstream_port))
     fleet.wait_until("proxy", answers(proxy_port))
-    autoglm_port, key = start_autoglm(fleet, "autoglm", upstream_port)
+    autoglm_port, key = start_autoglm(fleet, "autoglm", upstream_port, UNGOVERNED)
     limits_port, limits_admin_key = start_autoglm(
         fleet,
         "autoglm-limits",
         upstream_port,
         f"redis_url: {json.dumps(redis_url)}\n"
-        f"contexts: {{default_max_turns: {CONTEXT_MAX_TURNS}}}\n",
+        f"contexts: {{default_max_turns: {CONTEXT_MAX_TURNS}}}\n" + UNGOVERNED,
     )
+    governed_port, governed_key = start_autoglm(fleet, "autoglm-governed", upstream_port)
+    apply_bench_policy(governed_port, governed_key)
     key_id, secret = issue_limited_key(limits_port, limits_admin_key)
     limited = LimitsServer(
         "autoglm-limits", limits_port, {"Authorization": f"Bearer {secret}"}, key_id, redis_client
@@ -610,11 +621,62 @@ def start_fleet(fleet: Fleet, redis_url: str) -> tuple[dict[str, LoadSpec], Limi
         "autoglm": spec(autoglm_port, {"Authorization": f"Bearer {key}"}),
         "limits": spec(limits_port, limited.headers),
         "context": spec(limits_port, limited.headers, NUM_CONTEXTS),
+        "governed": spec(governed_port, {"Authorization": f"Bearer {governed_key}"}),
     }
     for name, target in specs.items():
         check_one_request(name, target)
     check_limits_and_context(limited)
     return specs, limited
+
+
+def bench_policy() -> str:
+    """A global policy: 10,000 keywords (60% Chinese, none in the bench's texts) and all PII."""
+    import random
+
+    rng = random.Random(4)
+    common = [chr(cp) for cp in range(0x4E00, 0x4E00 + 3000)]
+    words: set[str] = set()
+    while len(words) < NUM_KEYWORDS:
+        if rng.random() < 0.6:
+            words.add("".join(rng.choice(common) for _ in range(rng.randint(2, 4))))
+        else:
+            words.add("zq" + "".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(6)))
+    return json.dumps(
+        {
+            "rules": [
+                {"id": "bench-words", "type": "words", "words": sorted(words), "action": "block"},
+                {
+                    "id": "bench-pii",
+                    "type": "pii",
+                    "kinds": ["mobile", "id_card", "bank_card", "email", "ipv4", "ipv6"],
+                    "action": "mask",
+                },
+            ]
+        },
+        ensure_ascii=False,
+    )
+
+
+def apply_bench_policy(port: int, admin_key: str) -> None:
+    body = json.dumps({"document": bench_policy()}, ensure_ascii=False).encode()
+    headers = {"Authorization": f"Bearer {admin_key}", "Content-Type": "application/json"}
+    status, payload = http_status(port, "PUT", "/v1/admin/policies/global", body, headers)
+    if status != 201:
+        raise RuntimeError(f"applying the bench policy failed: {status} {payload[:500]!r}")
+
+
+def check_audit(port: int, admin_key: str, min_events: int) -> list[Problem]:
+    """After the run: (f) wrote an event per request and its chain verifies."""
+    headers = {"Authorization": f"Bearer {admin_key}"}
+    status, body = http_status(port, "GET", "/v1/audit/events?limit=1", headers=headers)
+    newest = json.loads(body)["data"] if status == 200 else []
+    problems = []
+    if not newest or newest[0]["seq"] < min_events:
+        problems.append(Problem("governed", f"fewer than {min_events} audit events were written"))
+    status, body = http_status(port, "GET", "/v1/audit/verify", headers=headers)
+    if status != 200 or not json.loads(body)["ok"]:
+        problems.append(Problem("governed", f"the audit chain does not verify: {body[:300]!r}"))
+    return problems
 
 
 def check_one_request(name: str, spec: LoadSpec) -> dict[str, str]:
@@ -719,6 +781,7 @@ SERVER_OF = {
     "autoglm": "autoglm",
     "limits": "autoglm-limits",
     "context": "autoglm-limits",
+    "governed": "autoglm-governed",
 }
 
 
@@ -764,6 +827,10 @@ def summarise(round_: dict[str, TargetRound]) -> dict[str, float]:
     summary["autoglm_over_proxy_rps"] = summary["autoglm_rps"] / summary["proxy_rps"]
     summary["limits_over_autoglm_rps"] = summary["limits_rps"] / summary["autoglm_rps"]
     summary["context_over_limits_rps"] = summary["context_rps"] / summary["limits_rps"]
+    summary["governed_over_autoglm_rps"] = summary["governed_rps"] / summary["autoglm_rps"]
+    summary["governed_c1_over_autoglm_p50_ms"] = (
+        summary["governed_c1_p50_ms"] - summary["autoglm_c1_p50_ms"]
+    )
     summary["limits_c1_over_autoglm_p50_ms"] = (
         summary["limits_c1_p50_ms"] - summary["autoglm_c1_p50_ms"]
     )
@@ -835,7 +902,12 @@ def print_report(
         f"(d) adds {median['limits_c1_over_autoglm_p50_ms']:+.3f} ms p50 over (c) at one "
         f"connection; (e) context RPS / (d) RPS: {median['context_over_limits_rps']:.2f}"
     )
-    for name in ("autoglm", "limits", "context"):
+    console.print(
+        f"(f) governed RPS / (c) autoglm RPS: [bold]{median['governed_over_autoglm_rps']:.2f}"
+        f"[/bold]; (f) adds {median['governed_c1_over_autoglm_p50_ms']:+.3f} ms p50 over (c) "
+        "at one connection"
+    )
+    for name in ("autoglm", "limits", "context", "governed"):
         if f"{name}_cpu_us_per_request" in median:
             cpu_us = median[f"{name}_cpu_us_per_request"]
             console.print(
@@ -876,6 +948,12 @@ def verdict(median: dict[str, float], problems: list[Problem]) -> dict[str, str]
         "i3_rps": passes(median["limits_rps"] >= TARGET_RPS_AUTOGLM, *i3),
         "i3_ratio": passes(median["limits_over_autoglm_rps"] >= TARGET_LIMITS_OVER_CORE, *i3),
         "i3_added_p50": passes(median["limits_c1_added_p50_ms"] <= TARGET_ADDED_P50_MS, *i3),
+        "i4_ratio": passes(
+            median["governed_over_autoglm_rps"] >= TARGET_GOVERNED_OVER_CORE,
+            "direct",
+            "autoglm",
+            "governed",
+        ),
     }
 
 
@@ -911,6 +989,12 @@ def print_verdict(console: Any, median: dict[str, float], problems: list[Problem
         f"issue 3 target: (d) p50 added latency <= {TARGET_ADDED_P50_MS} ms at concurrency 1",
         f"{median['limits_c1_added_p50_ms']:.3f} ms",
         "i3_added_p50",
+    )
+    line(
+        f"issue 4 target: (f) policies + audit within {1 - TARGET_GOVERNED_OVER_CORE:.0%} of (c) "
+        f"requests/s (ratio >= {TARGET_GOVERNED_OVER_CORE})",
+        f"{median['governed_over_autoglm_rps']:.2f}",
+        "i4_ratio",
     )
     for problem in problems:
         console.print(f"[yellow]{LABELS[problem.target]} not valid:[/yellow] {problem.text}")
@@ -1010,6 +1094,16 @@ def run_benchmark(args: argparse.Namespace) -> int:
                 print(f"round {index + 1}/{args.rounds}", file=sys.stderr, flush=True)
                 rounds.append(measure_round(specs, args, generate, fleet))
             after_problems = check_after_load(limited, fleet)
+            governed = specs["governed"]
+            governed_requests = sum(
+                r["governed"].loaded.num_requests + r["governed"].single.num_requests
+                for r in rounds
+            )
+            after_problems += check_audit(
+                int(governed.url.split(":")[2].split("/")[0]),
+                governed.headers["Authorization"].removeprefix("Bearer "),
+                governed_requests,
+            )
         finally:
             fleet.stop()
             if limited is not None:

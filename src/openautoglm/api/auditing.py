@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, cast
 
 from openautoglm.audit.model import AuditRecord, ContentMode, content_for
 from openautoglm.gateway.trace import CallTrace
+from openautoglm.policy.masking import mask_pii
 
 if TYPE_CHECKING:
     from openautoglm.services import Services
@@ -67,8 +68,6 @@ def _detail(trace: CallTrace) -> dict[str, object] | None:
 def _content(mode: ContentMode, text: str | None) -> str | None:
     if text is None or mode == "none":
         return None
-    from openautoglm.policy.masking import mask_pii  # LAZYFIX
-
     return content_for(mode, text, mask_pii(text) if mode == "masked" else None)
 
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from openautoglm.audit.model import (
     GENESIS_HASH,
     AuditEvent,
@@ -120,11 +122,19 @@ def record_from_body(body: Mapping[str, Any]) -> AuditRecord:
 
 
 def encode_payload(body: Mapping[str, Any], seq: int, prev_hash: str) -> bytes:
-    """The canonical JSON bytes that are hashed (and stored)."""
+    """The canonical JSON bytes that are hashed (and stored).
+
+    Written with orjson (about ten times faster than ``json`` on the write path); text that is
+    not valid Unicode (a lone surrogate) takes the ``json`` path, which escapes it. Verification
+    hashes the stored bytes, so the encoder only has to be deterministic, which both are.
+    """
     document = {**body, "seq": seq, "prev_hash": prev_hash}
-    return json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8", "backslashreplace")  # a lone surrogate becomes its JSON escape
+    try:
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return json.dumps(
+            document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode("utf-8", "backslashreplace")
 
 
 def decode_payload(payload: bytes | str) -> dict[str, Any]:

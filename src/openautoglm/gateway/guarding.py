@@ -13,15 +13,12 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING  # LAZYFIX
 
 from openautoglm.core.errors import DeadlineExceededError
 from openautoglm.core.types import Chunk
 from openautoglm.gateway.trace import CallTrace
 from openautoglm.policy.engine import EffectivePolicy, decisions_of
-
-if TYPE_CHECKING:  # LAZYFIX
-    from openautoglm.policy.scanner import GuardStream
+from openautoglm.policy.scanner import GuardStream
 
 
 class OutputFilter:

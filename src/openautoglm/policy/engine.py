@@ -12,7 +12,6 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING  # LAZYFIX
 
 from openautoglm.core.errors import InvalidRequestError, PermissionDeniedError
 from openautoglm.core.types import ContentPart, GenerationRequest, Message, SamplingParams
@@ -34,11 +33,10 @@ from openautoglm.policy.document import (
     Stage,
     WordsRule,
 )
-
-if TYPE_CHECKING:  # LAZYFIX
-    from openautoglm.policy.pii import MaskShape, Recognizer
-    from openautoglm.policy.scanner import Detector, Guard, Span
-    from openautoglm.policy.words import WordEntry
+from openautoglm.policy.pii import MaskShape, Recognizer
+from openautoglm.policy.recognizers import RegexRecognizer, default_recognizers
+from openautoglm.policy.scanner import Detector, Guard, PiiDetector, Span, WordDetector
+from openautoglm.policy.words import WordEntry, WordMatcher, load_library
 
 DEFAULT_CONTENT_MODE: ContentMode = "hash"
 
@@ -152,7 +150,6 @@ class EffectivePolicy:
                 if compiled.detectors and compiled.rule.applies(stage, model)
                 for detector in compiled.detectors
             ]
-            from openautoglm.policy.scanner import Guard  # LAZYFIX
 
             self._guards[key] = Guard(detectors) if detectors else None
         return self._guards[key]
@@ -273,10 +270,6 @@ def _over_cap(params: SamplingParams, limit: int) -> bool:
 
 
 def _compile(rule: Rule, libraries_dir: Path | None) -> _Compiled:
-    from openautoglm.policy.pii import RegexRecognizer, default_recognizers  # LAZYFIX
-    from openautoglm.policy.scanner import PiiDetector, WordDetector  # LAZYFIX
-    from openautoglm.policy.words import WordMatcher  # LAZYFIX
-
     if isinstance(rule, WordsRule):
         matcher = WordMatcher(_word_entries(rule, libraries_dir), window=rule.window)
         return _Compiled(rule, (WordDetector(rule.id, matcher, rule.action, None),))
@@ -294,7 +287,6 @@ def _compile(rule: Rule, libraries_dir: Path | None) -> _Compiled:
 
 
 def _word_entries(rule: WordsRule, libraries_dir: Path | None) -> list[WordEntry]:
-    from openautoglm.policy.words import WordEntry  # LAZYFIX
 
     entries = [WordEntry(word, rule.category) for word in rule.words]
     if rule.library is not None:
@@ -307,7 +299,6 @@ def _word_entries(rule: WordsRule, libraries_dir: Path | None) -> list[WordEntry
 
 
 def _library(name: str, libraries_dir: Path | None) -> list[WordEntry]:
-    from openautoglm.policy.words import load_library  # LAZYFIX
 
     if libraries_dir is None:
         raise PolicyError(f"library '{name}' needs policy.libraries_dir to be configured")
@@ -323,7 +314,6 @@ def _library(name: str, libraries_dir: Path | None) -> list[WordEntry]:
 
 
 def _shape(mask: MaskConfig) -> MaskShape:
-    from openautoglm.policy.pii import MaskShape  # LAZYFIX
 
     return MaskShape(keep_start=mask.keep_start, keep_end=mask.keep_end, char=mask.char)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from openautoglm.policy.pii import default_recognizers
+from openautoglm.policy.recognizers import default_recognizers
 from openautoglm.policy.scanner import Guard, PiiDetector
 
 

@@ -1,0 +1,420 @@
+"""Text normalisation for keyword matching, with a map back to the original text.
+
+``normalize(text).text`` is what keyword patterns are matched against: NFKC (full-width to
+half-width, ligatures and compatibility characters unfolded), case folding, and the removal of
+everything people put between letters to dodge a filter: whitespace and control characters,
+punctuation and symbols (Unicode categories Z*, Cc, Cf, P*, S*), enclosing and non-spacing
+combining marks, variation selectors and invisible fillers. So ``敏 感 词``, ``敏*感*词``,
+``敏\\u200b感词`` and ``ＢＡＤ`` become ``敏感词`` and ``bad``.
+
+Kept on purpose: letters, digits and marks that are letters' parts in Indic and Thai scripts
+(spacing marks, non-spacing marks of combining class 0), and the CJK radical symbols
+(U+2E80-U+2FDF), which stand in for ideographs.
+
+Invariant (the locality that streaming relies on): the text is cut into *segments*, a character
+that is not an attaching character (see ``is_attaching``) plus the attaching characters after
+it, and every segment is normalised on its own. So ``normalize(a + b).text ==
+normalize(a).text + normalize(b).text`` whenever ``b`` does not start with an attaching
+character. ``normalize_pattern`` uses the same function, so patterns and texts always agree.
+
+Speed: almost every character is ASCII, a separator, or left as it is; those go through
+C-implemented passes (a character-class ``re.sub`` marking separators, ``bytes.translate``
+for ASCII); only characters that change under NFKC or case folding, and segments with
+combining marks, go through Python. The map back to the original is computed per query, from
+counts over the marked bytes (one sweep for a batch of spans).
+"""
+
+from __future__ import annotations
+
+import bisect
+import functools
+import re
+import unicodedata
+from dataclasses import dataclass
+
+_MARK = "\0"  # stands for a removed separator in the marked text; NUL is a separator itself
+_CONTINUATION_BYTES = bytes(range(0x80, 0xC0))
+_SHORT = 4096  # texts shorter than this are checked for astral characters with a regex
+
+_DELETED_CATEGORIES = frozenset(
+    {
+        "Zs",
+        "Zl",
+        "Zp",
+        "Cc",
+        "Cf",
+        "Pc",
+        "Pd",
+        "Ps",
+        "Pe",
+        "Pi",
+        "Pf",
+        "Po",
+        "Sm",
+        "Sc",
+        "Sk",
+        "So",
+        "Me",
+    }
+)
+_INVISIBLE_LETTERS = frozenset("\u034f\u115f\u1160\u17b4\u17b5\u3164\uffa0")
+# Blocks without properties worth computing (ideographs, syllables, private use): skipped
+# when the tables are built; tests check that nothing in them would change.
+_PLAIN_BLOCKS = (
+    (0x3400, 0x4DBF),
+    (0x4E00, 0x9FFF),
+    (0xAC00, 0xD7A3),
+    (0xD800, 0xF8FF),
+    (0x20000, 0x2A6DF),
+    (0x2A700, 0x2EBEF),
+    (0x30000, 0x323AF),
+)
+_SCANNED_RANGES = ((0x0000, 0x3FFFF), (0xE0000, 0xEFFFF))
+
+
+def _is_deleted(ch: str) -> bool:
+    """Whether a character of NFKC-and-casefolded text is a separator to drop."""
+    cp = ord(ch)
+    if 0x2E80 <= cp <= 0x2FDF:
+        return False
+    if 0xFE00 <= cp <= 0xFE0F or 0xE0100 <= cp <= 0xE01EF or ch in _INVISIBLE_LETTERS:
+        return True
+    category = unicodedata.category(ch)
+    if category == "Mn":
+        return unicodedata.combining(ch) != 0
+    return category in _DELETED_CATEGORIES
+
+
+@functools.lru_cache(maxsize=8192)
+def _fold_segment(segment: str) -> str:
+    folded = unicodedata.normalize("NFKC", segment).casefold()
+    return "".join(ch for ch in folded if not _is_deleted(ch))
+
+
+def _fold_char(ch: str) -> str:
+    if ch.casefold() == ch and unicodedata.is_normalized("NFKC", ch):
+        return "" if _is_deleted(ch) else ch
+    return _fold_segment(ch)
+
+
+def _codepoints() -> list[int]:
+    out: list[int] = []
+    for low, high in _SCANNED_RANGES:
+        start = low
+        for block_low, block_high in _PLAIN_BLOCKS:
+            if low <= block_low <= high:
+                out.extend(range(start, block_low))
+                start = block_high + 1
+        out.extend(range(start, high + 1))
+    return out
+
+
+def _char_class(codepoints: list[int], astral: bool = False) -> str:
+    parts: list[str] = []
+    codepoints = sorted(codepoints)
+    i = 0
+    while i < len(codepoints):
+        j = i
+        while j + 1 < len(codepoints) and codepoints[j + 1] == codepoints[j] + 1:
+            j += 1
+        low, high = chr(codepoints[i]), chr(codepoints[j])
+        parts.append(re.escape(low) if i == j else f"{re.escape(low)}-{re.escape(high)}")
+        i = j + 1
+    if astral:
+        parts.append("\U00010000-\U0010ffff")
+    return "[" + "".join(parts) + "]" if parts else "[^\\s\\S]"
+
+
+@dataclass(frozen=True, slots=True)
+class _Tables:
+    ascii_table: bytes  # bytes.translate table: ASCII separators -> NUL, A-Z -> a-z
+    attaching: frozenset[str]
+    composers: frozenset[str]  # characters that compose with an attaching character after them
+    separators: re.Pattern[str]  # non-ASCII separators of the BMP
+    exotic: re.Pattern[str]  # BMP characters that fold to something else, or attach
+    exotic_or_astral: re.Pattern[str]  # the same, plus every astral character
+    astral: re.Pattern[str]
+
+
+@functools.cache
+def _tables() -> _Tables:
+    codepoints = _codepoints()
+    # Hangul vowels and trailing consonants compose with the jamo or syllable before them.
+    secondaries = {chr(cp) for cp in (*range(0x1161, 0x1176), *range(0x11A8, 0x11C3))}
+    composers = {chr(cp) for cp in (*range(0x1100, 0x1113), *range(0xAC00, 0xD7A4, 28))}
+    for cp in codepoints:
+        parts = unicodedata.decomposition(chr(cp)).split()
+        if len(parts) == 2 and not parts[0].startswith("<"):
+            composers.add(chr(int(parts[0], 16)))
+            if unicodedata.combining(second := chr(int(parts[1], 16))) == 0:
+                secondaries.add(second)
+    attaching: set[str] = set()
+    seps: list[int] = []
+    exotic: list[int] = []
+    for cp in codepoints:
+        ch = chr(cp)
+        first = unicodedata.normalize("NFKD", ch)[0]
+        if unicodedata.combining(ch) or ch in secondaries or unicodedata.combining(first):
+            attaching.add(ch)
+            exotic.append(cp)
+            continue
+        if cp < 0x80:
+            continue
+        folded = _fold_char(ch)
+        if folded == "":
+            seps.append(cp)
+        elif folded != ch:
+            exotic.append(cp)
+    table = bytearray(range(256))
+    for cp in range(0x80):
+        if _fold_char(chr(cp)) == "":
+            table[cp] = 0
+        elif 0x41 <= cp <= 0x5A:
+            table[cp] = cp + 0x20
+    bmp_exotic = [cp for cp in exotic if cp <= 0xFFFF]
+    return _Tables(
+        ascii_table=bytes(table),
+        attaching=frozenset(attaching),
+        composers=frozenset(composers),
+        separators=re.compile(_char_class([cp for cp in seps if cp <= 0xFFFF])),
+        exotic=re.compile(_char_class(bmp_exotic)),
+        exotic_or_astral=re.compile(_char_class(bmp_exotic, astral=True)),
+        astral=re.compile("[\U00010000-\U0010ffff]"),
+    )
+
+
+def is_attaching(ch: str) -> bool:
+    """Whether ``ch`` can merge with the character before it (combining marks and the like).
+
+    A streamed or windowed text may only be cut before a character that is not attaching.
+    """
+    return ch in _tables().attaching
+
+
+def may_compose(ch: str) -> bool:
+    """Whether attaching characters after ``ch`` can merge with it into another character."""
+    return ch in _tables().composers
+
+
+def segment_start(text: str, index: int) -> int:
+    """The start of the segment that holds ``text[index]`` (a safe place to cut the text)."""
+    attaching = _tables().attaching
+    while index > 0 and text[index] in attaching:
+        index -= 1
+    return index
+
+
+@dataclass(frozen=True, slots=True)
+class _Anchor:
+    """An exotic segment: ``marked[marked_start:marked_end]`` came from ``source[start:end]``."""
+
+    marked_start: int
+    marked_end: int
+    start: int
+    end: int
+
+
+class Normalized:
+    """A normalised text and the way back to the text it came from.
+
+    ``text`` is the normalised text (``utf8`` its UTF-8 encoding); ``origin_span(start,
+    end)`` maps a span of it to the span of ``source`` it came from: from the first source
+    character that produced ``text[start]`` to the end of the one that produced
+    ``text[end - 1]``. Treat it as immutable: it is a plain slotted class only because a
+    frozen dataclass costs more to build than normalising a short streamed chunk does.
+    """
+
+    __slots__ = ("_anchors", "_marked", "_text", "source", "utf8")
+
+    def __init__(self, source: str, marked: bytes, anchors: tuple[_Anchor, ...]) -> None:
+        self.source = source
+        self.utf8 = marked.translate(None, b"\0")
+        self._marked = marked  # UTF-8 of the folded text, each separator a NUL byte
+        self._anchors = anchors
+        self._text: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The normalised text."""
+        if self._text is None:
+            self._text = self.utf8.decode()
+        return self._text
+
+    def __repr__(self) -> str:
+        return f"Normalized(text={self.text!r}, source={self.source!r})"
+
+    def origin_span(self, start: int, end: int) -> tuple[int, int]:
+        """The ``[start, end)`` span of ``source`` that ``text[start:end]`` came from."""
+        return self.origin_spans([(start, end)])[0]
+
+    def origin_start(self, index: int) -> int:
+        """Where in ``source`` the character ``text[index]`` came from."""
+        return self.origin_spans([(index, index + 1)])[0][0]
+
+    def origin_spans(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``origin_span`` of many spans of ``text`` at once (one sweep, any order)."""
+        text = self.text
+        if len(text) == len(self.utf8):  # ASCII: characters and bytes coincide
+            return self.origin_spans_utf8(spans)
+        offsets = sorted({i for span in spans for i in span if 0 <= i <= len(text)})
+        to_byte = {}
+        position = count = 0
+        for index in offsets:
+            position += len(text[count:index].encode())
+            count = index
+            to_byte[index] = position
+        try:
+            return self.origin_spans_utf8([(to_byte[s], to_byte[e]) for s, e in spans])
+        except KeyError:
+            raise ValueError("a span is not inside the normalised text") from None
+
+    def origin_spans_utf8(self, spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``origin_spans`` for spans given as byte offsets into ``utf8``."""
+        size = len(self.utf8)
+        for start, end in spans:
+            if not 0 <= start < end <= size:
+                raise ValueError(f"span [{start}, {end}) is not inside the normalised text")
+        # Source offsets are needed at the first byte of each span and after its last byte.
+        wanted = sorted({i for start, end in spans for i in (start, end - 1)})
+        found = dict(zip(wanted, self._to_folded(wanted), strict=True))
+        source_start, source_end = self._source_start, self._source_end
+        return [
+            (source_start(found[start][0]), source_end(found[end - 1][1])) for start, end in spans
+        ]
+
+    def origin_start_utf8(self, byte_index: int) -> int:
+        """Where in ``source`` the character holding byte ``byte_index`` of ``utf8`` came from."""
+        if not 0 <= byte_index < len(self.utf8):
+            raise ValueError(f"byte {byte_index} is not inside the normalised text")
+        return self._source_start(self._to_folded([byte_index])[0][0])
+
+    def _to_folded(self, byte_indexes: list[int]) -> list[tuple[int, int]]:
+        """For ascending byte offsets of ``utf8``: the folded-text character that holds each
+        byte, as (its index, the index after it), walking the marked bytes once."""
+        marked = self._marked
+        plain = len(marked) == len(self.utf8)
+        out: list[tuple[int, int]] = []
+        position = kept = chars = 0  # `kept` kept bytes and `chars` characters before position
+        char_start = 0
+        for k in byte_indexes:
+            need = k - kept
+            if plain:
+                position = k
+            else:
+                while need:  # every separator passed costs one more step
+                    skipped = marked.count(0, position, position + need)
+                    position += need
+                    need = skipped
+                while marked[position] == 0:
+                    position += 1
+            # Back to the lead byte, then count characters (non-continuation bytes) up to it.
+            lead = position
+            while marked[lead] & 0xC0 == 0x80:
+                lead -= 1
+            chars += len(marked[char_start:lead].translate(None, _CONTINUATION_BYTES))
+            char_start = lead
+            out.append((chars, chars + 1))
+            kept = k
+        return out
+
+    def _source_start(self, folded_index: int) -> int:
+        anchor = self._anchor_at(folded_index)
+        if anchor is None:
+            return folded_index
+        if folded_index < anchor.marked_end:
+            return anchor.start
+        return folded_index - anchor.marked_end + anchor.end
+
+    def _source_end(self, folded_end: int) -> int:
+        anchor = self._anchor_at(folded_end - 1)
+        if anchor is None:
+            return folded_end
+        if folded_end - 1 < anchor.marked_end:
+            return anchor.end
+        return folded_end - anchor.marked_end + anchor.end
+
+    def _anchor_at(self, folded_index: int) -> _Anchor | None:
+        """The last exotic segment that starts at or before ``folded_index``."""
+        anchors = self._anchors
+        if not anchors:
+            return None
+        i = bisect.bisect_right(anchors, folded_index, key=lambda a: a.marked_start) - 1
+        return anchors[i] if i >= 0 else None
+
+
+def _fold_exotic(text: str, pattern: re.Pattern[str], anchors: list[_Anchor]) -> str:
+    """Fold the segments that hold exotic characters; record where each one came from."""
+    attaching = _tables().attaching
+    pieces: list[str] = []
+    copied = 0  # source text before this index is in `pieces`
+    marked_len = 0
+    seg_start = seg_end = -1  # the segment being collected, not yet folded
+
+    def flush() -> None:
+        nonlocal copied, marked_len
+        plain = text[copied:seg_start]
+        folded = _fold_segment(text[seg_start:seg_end])
+        pieces.append(plain)
+        pieces.append(folded)
+        marked_len += len(plain)
+        anchors.append(_Anchor(marked_len, marked_len + len(folded), seg_start, seg_end))
+        marked_len += len(folded)
+        copied = seg_end
+
+    for match in pattern.finditer(text):
+        i = match.start()
+        if text[i] in attaching:
+            if i == seg_end:
+                seg_end = i + 1
+                continue
+            start = max(i - 1, 0)  # the character the mark attaches to
+        else:
+            start = i
+        if seg_end >= 0:
+            flush()
+        seg_start, seg_end = start, i + 1
+    if seg_end >= 0:
+        flush()
+    pieces.append(text[copied:])
+    return "".join(pieces)
+
+
+def _has_astral(data: bytes) -> bool:
+    return any(data.find(lead) != -1 for lead in (b"\xf0", b"\xf1", b"\xf2", b"\xf3", b"\xf4"))
+
+
+def _fold(text: str, exotic: re.Pattern[str], anchors: list[_Anchor]) -> bytes:
+    tables = _tables()
+    folded = text
+    if exotic.search(text) is not None:
+        folded = _fold_exotic(text, exotic, anchors)
+    # Separators before the byte pass: the class scan is faster on text without NUL marks.
+    return tables.separators.sub(_MARK, folded).encode()
+
+
+def normalize(text: str) -> Normalized:
+    """Normalise ``text`` for keyword matching (see the module docstring)."""
+    tables = _tables()
+    anchors: list[_Anchor] = []
+    if text.isascii():
+        data = text.encode()
+    elif len(text) < _SHORT:
+        astral = tables.astral.search(text) is not None
+        data = _fold(text, tables.exotic_or_astral if astral else tables.exotic, anchors)
+    else:
+        data = _fold(text, tables.exotic, anchors)
+        if _has_astral(data):  # memchr over the bytes beats a regex scan of a long text
+            anchors.clear()
+            data = _fold(text, tables.exotic_or_astral, anchors)
+    marked = data.translate(tables.ascii_table)
+    return Normalized(text, marked, tuple(anchors))
+
+
+def normalize_pattern(word: str) -> str:
+    """Normalise a keyword exactly as texts are normalised."""
+    return normalize(word).text
+
+
+def fold_char(ch: str) -> str:
+    """What one character normalises to on its own (``""`` for a separator)."""
+    return _fold_char(ch)
