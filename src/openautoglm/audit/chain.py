@@ -66,6 +66,12 @@ def canonical_value(value: Any) -> Any:
     raise TypeError(f"cannot put a {type(value).__name__} into an audit payload")
 
 
+def _rounded(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("audit payloads cannot hold NaN or infinite numbers")
+    return round(value, FLOAT_DECIMALS)
+
+
 def record_body(record: AuditRecord) -> dict[str, Any]:
     """The record's fields as canonical JSON values (everything but ``seq``/``prev_hash``)."""
     return {
@@ -84,7 +90,7 @@ def record_body(record: AuditRecord) -> dict[str, Any]:
         "instance": record.instance,
         "error_code": record.error_code,
         "client_ip": record.client_ip,
-        "stages": [[str(name), canonical_value(float(ms))] for name, ms in record.stages.items()],
+        "stages": [[str(name), _rounded(float(ms))] for name, ms in record.stages.items()],
         "usage": None if record.usage is None else canonical_value(record.usage),
         "decisions": [
             {str(k): str(v) for k, v in decision.items()} for decision in record.decisions

@@ -18,36 +18,44 @@ from openautoglm.core.errors import DeadlineExceededError
 from openautoglm.core.types import Chunk
 from openautoglm.gateway.trace import CallTrace
 from openautoglm.policy.engine import EffectivePolicy, decisions_of
-from openautoglm.policy.scanner import GuardStream
+from openautoglm.policy.scanner import GuardStream, Span
 
 
 class OutputFilter:
     """Passes backend chunks through the output guard of one call."""
 
     def __init__(self, policy: EffectivePolicy | None, model: str, trace: CallTrace) -> None:
-        guard = policy.guard("output", model) if policy is not None else None
-        self._stream: GuardStream | None = guard.stream() if guard is not None else None
+        self._guard = policy.guard("output", model) if policy is not None else None
+        self._stream: GuardStream | None = None
         self._trace = trace
         self._noted = 0
         self.blocked_rule: str | None = None
 
     @property
     def active(self) -> bool:
-        return self._stream is not None
+        return self._guard is not None
 
     def filter(self, chunk: Chunk) -> Chunk | None:
         """The chunk as the client may see it; None when there is nothing to send yet."""
-        stream = self._stream
-        if stream is None:
+        guard = self._guard
+        if guard is None:
             return chunk
         begun = time.perf_counter()
-        text = stream.feed(chunk.text) if chunk.text else ""
-        if stream.blocked is None and chunk.finish_reason is not None:
-            text += stream.finish()
-        self._note(stream)
+        if self._stream is None and chunk.finish_reason is not None:
+            # A whole answer in one chunk: one scan (the stream would give the same result).
+            result = guard.apply(chunk.text)
+            text, spans, blocked = result.text, result.spans, result.blocked
+            self._stream = guard.stream()  # nothing more is scanned after a final chunk
+        else:
+            stream = self._stream = self._stream or guard.stream()
+            text = stream.feed(chunk.text) if chunk.text else ""
+            if stream.blocked is None and chunk.finish_reason is not None:
+                text += stream.finish()
+            spans, blocked = stream.spans, stream.blocked
+        self._note(spans)
         self._trace.add_stage("policy_output", begun)
-        if stream.blocked is not None:
-            self.blocked_rule = stream.blocked.rule_id
+        if blocked is not None:
+            self.blocked_rule = blocked.rule_id
             return Chunk(text=text, finish_reason="content_filter", usage=chunk.usage)
         if not text and chunk.finish_reason is None and chunk.usage is None:
             return None
@@ -59,14 +67,13 @@ class OutputFilter:
         if stream is None or stream.blocked is not None:
             return None
         text = stream.finish()
-        self._note(stream)
+        self._note(stream.spans)
         if stream.blocked is not None:
             self.blocked_rule = stream.blocked.rule_id
             return Chunk(text=text, finish_reason="content_filter")
         return Chunk(text=text) if text else None
 
-    def _note(self, stream: GuardStream) -> None:
-        spans = stream.spans
+    def _note(self, spans: list[Span]) -> None:
         if len(spans) > self._noted:
             for decision in decisions_of(spans[self._noted :], "output"):
                 if decision not in self._trace.decisions:

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 PRIORITY = ("id_card", "bank_card", "mobile", "email", "ipv6", "ipv4")
 DIGITS = frozenset(string.digits)
 _JOINERS = frozenset(" -./,")
+ANY_DIGIT = re.compile(r"[0-9]")
 _DIGITISH = string.digits + " -./,+Xx"  # what digit candidates and their boundaries are made of
 _PROVINCES = frozenset(
     {
@@ -186,6 +187,8 @@ class RecognizerBase:
 
     name = ""
     hold_chars = ""
+    # A character every match contains: text without one is skipped by a single C search.
+    required: re.Pattern[str] | None = None
     reach = 0
     lookbehind = 2
     _default_shape = MaskShape(0, 0)
@@ -225,6 +228,7 @@ class MobileRecognizer(RecognizerBase):
 
     name = "mobile"
     hold_chars = _DIGITISH
+    required = ANY_DIGIT
     reach = 22
     _default_shape = MaskShape(3, 4)
     _pattern = re.compile(r"1[3-9][0-9](?P<sep>[ -]?)[0-9]{4}(?P=sep)[0-9]{4}")
@@ -250,6 +254,7 @@ class _ShapeBased(RecognizerBase):
     """Searches the digit shape; birth years count up to ``max_year`` (this year unless given)."""
 
     hold_chars = _DIGITISH
+    required = ANY_DIGIT
     _default_shape = MaskShape(6, 4)
     _shape: re.Pattern[bytes]
     _accept: Callable[[str, int, int], int | None]

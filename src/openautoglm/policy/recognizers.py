@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from functools import partial
 
 from openautoglm.policy.pii import (
+    ANY_DIGIT,
     DIGITS,
     PRIORITY,
     BankCardRecognizer,
@@ -33,6 +34,7 @@ class EmailRecognizer(RecognizerBase):
     """ASCII e-mail addresses, found from their ``@``; the mask keeps the first character."""
 
     name = "email"
+    required = re.compile("@")
     hold_chars = string.ascii_letters + string.digits + "._%+-@"
     reach = 64 + 1 + 253 + 2
     _default_shape = MaskShape(1, 0)
@@ -72,6 +74,7 @@ class Ipv4Recognizer(RecognizerBase):
     """Dotted IPv4 addresses with valid octets, not part of a longer dotted number."""
 
     name = "ipv4"
+    required = ANY_DIGIT
     hold_chars = string.digits + "."
     reach = 18
     # Found from the first dot (a literal is found much faster than a digit class); the first
@@ -111,6 +114,7 @@ class Ipv6Recognizer(RecognizerBase):
     """IPv6 addresses (validated by ``ipaddress``), found from their colons."""
 
     name = "ipv6"
+    required = re.compile(":")
     hold_chars = string.hexdigits + ":."
     reach = 48
     _run = re.compile(r"[0-9A-Fa-f:.]{1,46}")

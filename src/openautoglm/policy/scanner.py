@@ -24,6 +24,7 @@ A detector without those hints is held back by its ``lookbehind``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -137,12 +138,15 @@ class PiiDetector:
         self.rule_id = rule_id
         self.recognizer = recognizer
         self.action = _check_action(action)
+        self._required: re.Pattern[str] | None = getattr(recognizer, "required", None)
 
     @property
     def lookbehind(self) -> int:
         return self.recognizer.reach
 
     def find(self, text: str) -> list[Span]:
+        if self._required is not None and self._required.search(text) is None:
+            return []
         return self._spans(self.recognizer.find(text))
 
     def scan_stream(self, text: str, start: int) -> tuple[int, list[Span]]:
@@ -152,7 +156,7 @@ class PiiDetector:
         stable = len(text) - recognizer.reach
         if recognizer.hold_chars:
             stable = max(stable, len(text.rstrip(recognizer.hold_chars)))
-        if stable <= start:
+        if stable <= start or (self._required is not None and self._required.search(text) is None):
             return stable, []
         return stable, self._spans([h for h in recognizer.find(text) if start <= h.start < stable])
 
@@ -233,6 +237,10 @@ class Guard:
 
     def __init__(self, detectors: Sequence[Detector]) -> None:
         self.detectors = tuple(detectors)
+        # Resolved once per guard, not per stream: isinstance() against a Protocol is slow
+        # (~150 µs for seven detectors, more than a whole short answer costs to scan).
+        self._scans = tuple(_scan_stream_of(d) for d in self.detectors)
+        self._context_starts = tuple(_context_start_of(d) for d in self.detectors)
 
     def apply(self, text: str) -> GuardResult:
         """Find every span in ``text``, mask, and cut at the first block."""
@@ -248,7 +256,7 @@ class Guard:
 
     def stream(self) -> GuardStream:
         """A guard for one streamed answer."""
-        return GuardStream(self.detectors)
+        return GuardStream(self.detectors, self._scans, self._context_starts)
 
 
 def _scan_by_lookbehind(detector: Detector, text: str, start: int) -> tuple[int, list[Span]]:
@@ -285,11 +293,17 @@ class GuardStream:
     answer so far.
     """
 
-    def __init__(self, detectors: Sequence[Detector]) -> None:
+    def __init__(
+        self,
+        detectors: Sequence[Detector],
+        scans: Sequence[Callable[[str, int], tuple[int, list[Span]]]] | None = None,
+        context_starts: Sequence[Callable[[str, int], int]] | None = None,
+    ) -> None:
         self._detectors = tuple(detectors)
-        # Looked up once: isinstance() against a Protocol is slow.
-        self._scans = tuple(_scan_stream_of(d) for d in self._detectors)
-        self._context_starts = tuple(_context_start_of(d) for d in self._detectors)
+        self._scans = tuple(scans or (_scan_stream_of(d) for d in self._detectors))
+        self._context_starts = tuple(
+            context_starts or (_context_start_of(d) for d in self._detectors)
+        )
         self._writer = _Writer()
         self._buffer = ""  # the text from `_base` on
         self._base = 0
