@@ -11,7 +11,7 @@ import typer
 from rich.table import Column, Table
 
 from openautoglm.cli.common import ConfigOption, err, out, settings_or_exit
-from openautoglm.cli.session import OPERATOR, admin_session
+from openautoglm.cli.session import OPERATOR, admin_session, audit_cli_action
 from openautoglm.core.errors import OpenAutoGLMError
 from openautoglm.tenancy.admin import TenancyAdmin
 from openautoglm.tenancy.model import ApiKey, IssuedKey, Role
@@ -23,12 +23,19 @@ T = TypeVar("T")
 TenantOption = Annotated[str, typer.Option(help="tenant name")]
 
 
-def run_admin(config: object, action: Callable[[TenancyAdmin], Awaitable[T]]) -> T:
-    """Run one admin action against the store; errors become a message and exit status 1."""
+def run_admin(
+    config: object, action: Callable[[TenancyAdmin], Awaitable[T]], audit: str | None = None
+) -> T:
+    """Run one admin action against the store; errors become a message and exit status 1.
+    A change (``audit``: its action name) is recorded in the audit log."""
 
     async def main() -> T:
-        async with admin_session(settings_or_exit(config)) as admin:  # type: ignore[arg-type]
-            return await action(admin)
+        settings = settings_or_exit(config)  # type: ignore[arg-type]
+        async with admin_session(settings) as admin:
+            result = await action(admin)
+        if audit is not None:
+            await audit_cli_action(settings, audit, result)
+        return result
 
     try:
         return asyncio.run(main())
@@ -80,7 +87,7 @@ def create(
             expires_at=expires_at,
         )
 
-    _print_secret(run_admin(config, action), tenant)
+    _print_secret(run_admin(config, action, "key.created"), tenant)
 
 
 @app.command("list")
@@ -120,7 +127,7 @@ def revoke(
             OPERATOR, (await admin.tenant_named(OPERATOR, tenant)).id, key_id
         )
 
-    key = run_admin(config, action)
+    key = run_admin(config, action, "key.revoked")
     err.print(f"Revoked {key.id} ({key.prefix}…).")
 
 
@@ -137,4 +144,4 @@ def rotate(
         found = await admin.tenant_named(OPERATOR, tenant)
         return await admin.rotate_key(OPERATOR, found.id, key_id, grace_s)
 
-    _print_secret(run_admin(config, action), tenant)
+    _print_secret(run_admin(config, action, "key.rotated"), tenant)

@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 
 from openautoglm.cli.common import ConfigOption, err, out, settings_or_exit
-from openautoglm.cli.session import OPERATOR, admin_session
+from openautoglm.cli.session import OPERATOR, admin_session, audit_cli_action
 from openautoglm.config.settings import Settings
 from openautoglm.core.clock import SystemClock
 from openautoglm.core.errors import OpenAutoGLMError
@@ -53,14 +53,20 @@ async def _policy_session(settings: Settings) -> AsyncIterator[PolicyService]:
 
 
 def _run(
-    config: Path | None, tenant: str | None, action: Callable[[PolicyService, str], Awaitable[T]]
+    config: Path | None,
+    tenant: str | None,
+    action: Callable[[PolicyService, str], Awaitable[T]],
+    audit: str | None = None,
 ) -> T:
     settings = settings_or_exit(config)
 
     async def main() -> T:
         scope = GLOBAL_SCOPE if tenant is None else await _tenant_id(settings, tenant)
         async with _policy_session(settings) as service:
-            return await action(service, scope)
+            result = await action(service, scope)
+        if audit is not None:
+            await audit_cli_action(settings, audit, result)
+        return result
 
     try:
         return asyncio.run(main())
@@ -97,7 +103,7 @@ def apply(
     async def action(service: PolicyService, scope: str) -> PolicyVersion:
         return await service.apply(scope, text, OPERATOR.key_id, comment)
 
-    version = _run(config, tenant, action)
+    version = _run(config, tenant, action, "policy.applied")
     err.print(f"Applied policy '{version.scope}' version {version.version} ({version.digest}).")
     print(version.version)
 
@@ -150,7 +156,7 @@ def withdraw(tenant: TenantOption = None, config: ConfigOption = None) -> None:
     async def action(service: PolicyService, scope: str) -> PolicyVersion:
         return await service.withdraw(scope, OPERATOR.key_id)
 
-    version = _run(config, tenant, action)
+    version = _run(config, tenant, action, "policy.withdrawn")
     err.print(f"Withdrew policy '{version.scope}' (version {version.version}).")
 
 

@@ -52,7 +52,7 @@ def create(
     async def action(admin: TenancyAdmin) -> Tenant:
         return await admin.create_tenant(OPERATOR, name, limits)
 
-    tenant = run_admin(config, action)
+    tenant = run_admin(config, action, "tenant.created")
     err.print(f"Created tenant '{tenant.name}' ({tenant.id}).")
     print(tenant.id)
 
@@ -92,5 +92,5 @@ def update(
             OPERATOR, found.id, limits=limits, clear_limits=clear_limits, disabled=disable
         )
 
-    tenant = run_admin(config, action)
+    tenant = run_admin(config, action, "tenant.updated")
     err.print(f"Updated tenant '{tenant.name}'.")

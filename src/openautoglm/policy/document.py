@@ -88,7 +88,7 @@ class WordsRule(Rule):
     library: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
     category: str = "default"
     categories: tuple[str, ...] | None = Field(
-        default=None, description="only these categories of the library"
+        default=None, description="only these categories of the library (inline words stay)"
     )
     window: int = Field(default=32, ge=1, le=512)
 

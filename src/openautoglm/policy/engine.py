@@ -287,12 +287,13 @@ def _compile(rule: Rule, libraries_dir: Path | None) -> _Compiled:
 
 
 def _word_entries(rule: WordsRule, libraries_dir: Path | None) -> list[WordEntry]:
-
+    """Inline words (in ``rule.category``) plus the library's, filtered by ``categories``."""
     entries = [WordEntry(word, rule.category) for word in rule.words]
     if rule.library is not None:
-        entries.extend(_library(rule.library, libraries_dir))
-    if rule.categories is not None:
-        entries = [entry for entry in entries if entry.category in rule.categories]
+        library = _library(rule.library, libraries_dir)
+        if rule.categories is not None:
+            library = [entry for entry in library if entry.category in rule.categories]
+        entries.extend(library)
     if not entries:
         raise PolicyError(f"rule '{rule.id}' has no words (after the category filter)")
     return entries

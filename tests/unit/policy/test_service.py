@@ -156,3 +156,54 @@ async def test_violations_outside_the_window_do_not_count() -> None:
     clock.advance(61)
     assert await service.record_violation("ten_a", "key1", "r") is None
     assert await service.lift("key1") is False
+
+
+async def test_a_category_filter_keeps_inline_words(tmp_path: Path) -> None:
+    (tmp_path / "lib.txt").write_text(
+        "# category: gambling\n赌场\n# category: drugs\n冰毒\n", encoding="utf-8"
+    )
+    service = PolicyService(InMemoryPolicyStore(), ManualClock(), libraries_dir=tmp_path)
+    text = (
+        "rules:\n  - id: w\n    type: words\n    words: [inline]\n    library: lib\n"
+        "    categories: [gambling]\n"
+    )
+    await service.apply(GLOBAL_SCOPE, text, "k1")
+    policy = service.for_tenant("t")
+    for blocked in ("inline", "去赌场"):
+        with pytest.raises(PolicyViolation):
+            policy.check_input(chat(blocked))
+    assert policy.check_input(chat("冰毒")).decisions == []
+
+
+async def test_the_readme_example_policy_applies_and_works(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Policies", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "banned-cn.txt").write_text(
+        "# category: gambling\n百家乐\n# category: fraud\n刷流水\n", encoding="utf-8"
+    )
+    service = PolicyService(InMemoryPolicyStore(), ManualClock(), libraries_dir=tmp_path)
+    await service.apply(GLOBAL_SCOPE, example, "k1")
+    policy = service.for_tenant("t")
+    assert policy.content_mode == "masked" and policy.lockout is not None
+    for text in ("玩 百 家 乐", "去网络赌场", "刷单 然后 返利"):
+        with pytest.raises(PolicyViolation):
+            policy.check_input(
+                GenerationRequest(
+                    request_id="r",
+                    model="glm-4",
+                    kind="chat",
+                    messages=(Message(role="user", content=text),),
+                )
+            )
+    masked = policy.check_input(
+        GenerationRequest(
+            request_id="r",
+            model="glm-4",
+            kind="chat",
+            messages=(Message(role="user", content="工号 EMP-123456 电话 13812345678"),),
+        )
+    )
+    assert masked.request.messages[0].text == "工号 ***-****** 电话 138****5678"
+    assert masked.regions == ("cn-north-1", "cn-east-2")
+    assert masked.request.params.max_tokens == 2048
