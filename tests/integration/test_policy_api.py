@@ -256,3 +256,34 @@ def test_a_policy_applied_on_one_replica_holds_on_the_other(
     while chat(second, admin, "a zebra").status_code != 200:
         assert time.monotonic() < deadline, "the withdrawal never reached the second replica"
         time.sleep(0.05)
+
+
+def test_regions_and_embeddings_follow_the_policy(server: RunningServer, admin_key: str) -> None:
+    policy = (
+        "rules:\n"
+        "  - {id: residency, type: regions, allow: [cn-north-1]}\n"
+        "  - {id: no-secret, type: words, words: [topsecret], apply_to: input}\n"
+        "  - {id: pii, type: pii, kinds: [mobile], action: mask}\n"
+    )
+    with client(server, admin_key) as platform:
+        created = platform.post("/v1/admin/tenants", json={"name": f"rg-{secrets.token_hex(3)}"})
+        tenant_id = created.json()["id"]
+        assert platform.put(f"/v1/admin/policies/{tenant_id}", json={"document": policy}).is_success
+        key = platform.post("/v1/admin/keys", json={"tenant_id": tenant_id}).json()["secret"]
+    with client(server, key) as http:
+        body = {"messages": [{"role": "user", "content": "hi"}]}
+        elsewhere = http.post("/v1/chat/completions", json={"model": "echo", **body})
+        assert elsewhere.status_code == 403
+        assert elsewhere.json()["error"]["code"] == "region_not_allowed"
+        inside = http.post("/v1/chat/completions", json={"model": "echo-regional", **body})
+        assert inside.status_code == 200
+        refused = http.post("/v1/embeddings", json={"model": "echo-regional", "input": "topsecret"})
+        assert refused.status_code == 400 and refused.json()["error"]["rule"] == "no-secret"
+        plain = http.post(
+            "/v1/embeddings", json={"model": "echo-regional", "input": "138 1234 5678"}
+        )
+        masked = http.post(
+            "/v1/embeddings", json={"model": "echo-regional", "input": "138 **** 5678"}
+        )
+        assert plain.status_code == masked.status_code == 200
+        assert plain.json()["data"][0]["embedding"] == masked.json()["data"][0]["embedding"]

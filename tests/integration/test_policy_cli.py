@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
-from tests.integration.test_cli import AUTOGLM, environment
+import httpx
+from tests.integration.test_cli import AUTOGLM, echo_config, environment, serving
+from tests.support.servers import free_port
 
 POLICY = """\
 rules:
@@ -67,5 +71,41 @@ def test_apply_list_test_withdraw_and_audit(tmp_path: Path) -> None:
         ("policy.withdrawn", 2),
     ]
     assert all(e["endpoint"].startswith("CLI ") and e["key_id"] == "cli-operator" for e in events)
+    verified = autoglm(data, "audit", "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_audit_events_survive_kill_9_after_the_flush_window(tmp_path: Path) -> None:
+    """Answered requests are in the store within flush_interval_s (0.2 s); kill -9 loses none
+    of those, and the chain still verifies; a graceful stop writes everything."""
+    data, config, port = tmp_path / "data", echo_config(tmp_path), free_port()
+    with serving(data, config, port) as process:
+        key = (data / "admin.key").read_text(encoding="utf-8").strip()
+        headers = {"Authorization": f"Bearer {key}"}
+        ids = []
+        for index in range(30):
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/v1/generate",
+                json={"prompt": f"request {index}"},
+                headers=headers,
+            )
+            assert response.status_code == 200
+            ids.append(response.headers["x-request-id"])
+        time.sleep(1.0)  # five flush windows
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=10)
+    with serving(data, config, port) as second:
+        for _ in range(5):
+            response = httpx.post(
+                f"http://127.0.0.1:{port}/v1/generate", json={"prompt": "x"}, headers=headers
+            )
+            ids.append(response.headers["x-request-id"])
+        second.send_signal(signal.SIGTERM)  # graceful: the last five are written on the way out
+        second.wait(timeout=20)
+    out = tmp_path / "events.jsonl"
+    exported = autoglm(data, "audit", "export", "--format", "jsonl", "-o", str(out))
+    assert exported.returncode == 0, exported.stderr
+    stored = {json.loads(line)["request_id"] for line in out.read_text().splitlines()}
+    assert set(ids) <= stored
     verified = autoglm(data, "audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -171,9 +171,15 @@ class Gateway:
         return Answer(instance=opened.instance, completion=completion, headers=opened.headers)
 
     async def embed(
-        self, principal: Principal, model_name: str, inputs: Sequence[str]
+        self,
+        principal: Principal,
+        model_name: str,
+        inputs: Sequence[str],
+        trace: CallTrace | None = None,
     ) -> tuple[Instance, Embeddings]:
+        trace = trace or untraced()
         model = authorised_model(self.catalog, principal, model_name)
+        trace.model = model.name
         if not model.capabilities.embeddings:
             raise InvalidRequestError(
                 f"model '{model.name}' does not support embeddings",
@@ -181,13 +187,16 @@ class Gateway:
                 param="model",
             )
         require_inference_role(principal)
+        inputs = self.policing.check_texts(principal, model.name, inputs, trace)
         instance = model.pick()
+        trace.instance = instance.name
         started = time.perf_counter()
         lease = await self._limits.reserve(principal, sum(count_tokens(text) for text in inputs))
         usage = Usage()
         try:
-            embeddings = await instance.backend.embed(inputs)
-            usage = embeddings.usage
+            with trace.stage("embed"):
+                embeddings = await instance.backend.embed(inputs)
+            usage = trace.usage = embeddings.usage
         finally:
             if lease is not None:
                 self._in_background(self._limits.settle(lease, usage))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,18 @@ class Policing:
         return CheckedInput(
             verdict.request, verdict.regions, _deadline(request.deadline_ms, verdict.budget_ms)
         )
+
+    def check_texts(
+        self, principal: Principal, model: str, texts: Sequence[str], trace: CallTrace
+    ) -> list[str]:
+        """Input rules over embedding inputs: the texts as the model may see them."""
+        checked = []
+        for index, text in enumerate(texts):
+            request = GenerationRequest(
+                request_id=f"embedding-{index}", model=model, kind="completion", prompt=text
+            )
+            checked.append(self.check_input(principal, request, trace).request.prompt)
+        return checked
 
     def counts_prompt(self, principal: Principal, model: str) -> bool:
         policy = self.policy_of(principal)

@@ -172,7 +172,7 @@ async def create_embeddings(request: Request) -> Response:
     gateway, principal, raw = await _start(request)
     body = EmbeddingRequest.model_validate_json(raw)
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    instance, embeddings = await gateway.embed(principal, body.model, inputs)
+    instance, embeddings = await gateway.embed(principal, body.model, inputs, trace_of(request))
     data = [
         {"object": "embedding", "index": index, "embedding": _encode_vector(vector, body)}
         for index, vector in enumerate(embeddings.vectors)
