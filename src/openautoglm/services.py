@@ -33,7 +33,10 @@ from openautoglm.limits.factory import build_rate_limiter
 from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.policy.lockout import InMemoryViolationCounter, RedisViolationCounter
 from openautoglm.policy.service import PolicyService
-from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
+from openautoglm.routing.balancers import build_balancer
+from openautoglm.routing.breaker import BreakerSettings
+from openautoglm.routing.catalog import Instance, ModelCatalog, Resilience, ServedModel
+from openautoglm.routing.health import watch_health
 from openautoglm.store.audit_sql import SqlAuditStore
 from openautoglm.store.contexts_sql import SqlContextStore
 from openautoglm.store.database import open_database
@@ -162,10 +165,12 @@ def configured_models(settings: Settings) -> list[ModelConfig]:
     return demo_models(gguf)
 
 
-def build_catalog(settings: Settings) -> ModelCatalog:
+def build_catalog(settings: Settings, clock: Clock | None = None) -> ModelCatalog:
     """Instances for every configured model; nothing is started yet."""
+    clock = clock or SystemClock()
     served = []
-    for model in configured_models(settings):
+    models = configured_models(settings)
+    for model in models:
         instances = [
             Instance(
                 model=model.name,
@@ -175,14 +180,42 @@ def build_catalog(settings: Settings) -> ModelCatalog:
             )
             for config in model.resolved_instances()
         ]
-        served.append(ServedModel(model.name, instances))
+        served.append(
+            ServedModel(
+                model.name, instances, build_balancer(model.balancer), resilience_of(model), clock
+            )
+        )
+    names = {model.name for model in served}
     summary_model = settings.contexts.summary_model
-    if summary_model is not None and summary_model not in {model.name for model in served}:
+    if summary_model is not None and summary_model not in names:
         raise ConfigError(f"contexts.summary_model '{summary_model}' is not a configured model")
+    for model in models:
+        unknown = [name for name in model.fallbacks if name not in names or name == model.name]
+        if unknown:
+            raise ConfigError(f"model '{model.name}': unknown fallbacks {', '.join(unknown)}")
     try:
         return ModelCatalog(served, settings.default_model)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def resilience_of(model: ModelConfig) -> Resilience:
+    breaker = model.breaker
+    return Resilience(
+        breaker=BreakerSettings(
+            consecutive_failures=breaker.consecutive_failures,
+            error_rate=breaker.error_rate,
+            min_calls=breaker.min_calls,
+            window_s=breaker.window_s,
+            cooldown_s=breaker.cooldown_s,
+        ),
+        max_attempts=model.retries.max_attempts,
+        retry_ratio=model.retries.budget_ratio,
+        retry_min_per_s=model.retries.min_per_s,
+        health_check_interval_s=model.health_check_interval_s,
+        fallbacks=tuple(model.fallbacks),
+        fallback_on=frozenset(model.fallback_on),
+    )
 
 
 def save_admin_key(data_dir: Path, secret: str) -> Path:
@@ -199,7 +232,7 @@ def save_admin_key(data_dir: Path, secret: str) -> Path:
 async def build_services(settings: Settings, clock: Clock | None = None) -> Services:
     """Open the store (migrating it), bootstrap tenancy, start every backend."""
     clock = clock or SystemClock()
-    catalog = build_catalog(settings)
+    catalog = build_catalog(settings, clock)
     engine = await open_database(settings.resolved_database_url)
     store = SqlTenancyStore(engine)
     tenancy = TenancyService(store, clock)
@@ -239,6 +272,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
     background = [
         asyncio.ensure_future(purge_expired_contexts(contexts, redis)),
         asyncio.ensure_future(policies.run_reloader()),
+        asyncio.ensure_future(watch_health(catalog)),
     ]
     if isinstance(key_events, RedisKeyEvents):
         background.append(asyncio.ensure_future(key_events.listen()))

@@ -61,12 +61,53 @@ class InstanceConfig(BaseModel):
     context_length: int | None = Field(default=None, ge=1)
 
 
+BalancerKind = Literal["round_robin", "least_outstanding", "p2c_ewma", "consistent_hash"]
+FailureClass = Literal["unavailable", "upstream", "timeout", "backend", "rate_limited"]
+
+
+_FALLBACK_ON: tuple[FailureClass, ...] = ("unavailable", "upstream", "timeout", "backend")
+
+
+class BreakerConfig(BaseModel):
+    """Per-instance circuit breaker (see ``routing/breaker.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    min_calls: int = Field(default=20, ge=1)
+    window_s: float = Field(default=10.0, gt=0)
+    cooldown_s: float = Field(default=10.0, gt=0)
+
+
+class RetryConfig(BaseModel):
+    """Retries on another instance, only before the first byte reached the client."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=3, ge=1, le=10, description="tries in all, per model")
+    budget_ratio: float = Field(
+        default=0.2, ge=0, le=1, description="retries at most this share of requests"
+    )
+    min_per_s: float = Field(default=10.0, ge=0, description="retries always allowed per second")
+
+
 class ModelConfig(InstanceConfig):
     """A served model name: its defaults plus, optionally, several instances that override them."""
 
     name: str = Field(min_length=1, max_length=200)
     backend: BackendKind
     instances: list[InstanceConfig] = Field(default_factory=list)
+    balancer: BalancerKind = "round_robin"
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    health_check_interval_s: float = Field(
+        default=5.0, gt=0, description="how often an instance with an open breaker is probed"
+    )
+    fallbacks: list[str] = Field(
+        default_factory=list, description="models tried in order when this one fails"
+    )
+    fallback_on: list[FailureClass] = Field(default_factory=lambda: list(_FALLBACK_ON))
 
     @model_validator(mode="after")
     def _check_backend_settings(self) -> ModelConfig:
@@ -77,7 +118,7 @@ class ModelConfig(InstanceConfig):
 
     def resolved_instances(self) -> list[InstanceConfig]:
         """Each instance with the model's keys filled in where the instance leaves them unset."""
-        defaults = self.model_dump(exclude={"instances", "name"})
+        defaults = self.model_dump(exclude=_MODEL_ONLY)
         if not self.instances:
             return [InstanceConfig(**{**defaults, "name": "default"})]
         resolved = []
@@ -86,6 +127,18 @@ class ModelConfig(InstanceConfig):
             own.setdefault("name", f"i{index}")
             resolved.append(InstanceConfig(**{**defaults, **own}))
         return resolved
+
+
+_MODEL_ONLY = {
+    "instances",
+    "name",
+    "balancer",
+    "breaker",
+    "retries",
+    "health_check_interval_s",
+    "fallbacks",
+    "fallback_on",
+}
 
 
 class ServerSettings(BaseModel):

@@ -21,6 +21,10 @@ from openautoglm.policy.engine import EffectivePolicy, decisions_of
 from openautoglm.policy.scanner import GuardStream, Span
 
 
+class BudgetExceeded(DeadlineExceededError):
+    """The request's own deadline passed (not the instance's fault: never retried)."""
+
+
 class OutputFilter:
     """Passes backend chunks through the output guard of one call."""
 
@@ -97,7 +101,7 @@ async def within_deadline(
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise DeadlineExceededError(
+                raise BudgetExceeded(
                     f"the request ran past its deadline ({budget_ms} ms)"
                 ) from None
             yield chunk

@@ -18,6 +18,7 @@ really cost, and its context is released; only a finished answer is stored in th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, Coroutine, Sequence
@@ -28,7 +29,13 @@ from openautoglm.backends.base import collect
 from openautoglm.backends.text import count_tokens
 from openautoglm.contexts.model import Turn as StoredTurn
 from openautoglm.contexts.windowing import TokenCounter, make_token_counter
-from openautoglm.core.errors import InvalidRequestError, OpenAutoGLMError
+from openautoglm.core.errors import (
+    InvalidRequestError,
+    ModelNotFoundError,
+    OpenAutoGLMError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
 from openautoglm.core.ids import new_object_id
 from openautoglm.core.types import (
     Chunk,
@@ -41,9 +48,10 @@ from openautoglm.core.types import (
     Usage,
 )
 from openautoglm.gateway.conversation import SUMMARY_ALLOWANCE_TOKENS, Conversations
+from openautoglm.gateway.failover import INSTANCE_FAILURES, failure_class
 from openautoglm.gateway.guarding import OutputFilter, within_deadline
 from openautoglm.gateway.limiting import RequestLimits
-from openautoglm.gateway.policing import Deadline, Policing
+from openautoglm.gateway.policing import CheckedInput, Deadline, Policing
 from openautoglm.gateway.routing import (
     authorised_model,
     choose_instance,
@@ -129,24 +137,73 @@ class Gateway:
     async def open_stream(
         self, principal: Principal, request: GenerationRequest, trace: CallTrace | None = None
     ) -> OpenStream:
-        """Start a call and wait for its first chunk."""
+        """Start a call and wait for its first chunk: on another instance when one fails before
+        that (within the retry budget), then on the model's fallbacks."""
         trace = trace or untraced()
         checked = self.policing.check_input(principal, request, trace)
         request = checked.request
-        with trace.stage("route"):
-            instance = choose_instance(self.catalog, principal, request, checked.regions)
-        trace.instance = instance.name
-        info = _CallInfo()
-        stream = self._call(principal, request, instance, info, trace, checked.deadline)
-        try:
-            first = await anext(stream)
-        except StopAsyncIteration:
-            first = Chunk(finish_reason="stop", usage=Usage())
-        except BaseException as exc:
-            await stream.aclose()
-            self.policing.refused(principal, exc)
-            raise
-        return OpenStream(instance=instance, first=first, rest=stream, headers=info.headers)
+        chain = self.catalog.get(request.model).resilience
+        names = [request.model or self.catalog.get(None).name, *chain.fallbacks]
+        original: OpenAutoGLMError | None = None
+        for index, name in enumerate(names):
+            attempt = request if index == 0 else dataclasses.replace(request, model=name)
+            try:
+                return await self._open_on_model(principal, attempt, trace, checked)
+            except OpenAutoGLMError as exc:
+                if index and _hidden(exc):
+                    continue  # a fallback this key may not use: try the next
+                original = original or exc
+                if failure_class(exc) not in chain.fallback_on:
+                    raise
+                if index + 1 < len(names):
+                    self._metrics.fallback(names[0], names[index + 1])
+        assert original is not None
+        raise original  # every fallback failed too: the client hears about the model it asked
+
+    async def _open_on_model(
+        self,
+        principal: Principal,
+        request: GenerationRequest,
+        trace: CallTrace,
+        checked: CheckedInput,
+    ) -> OpenStream:
+        model = self.catalog.get(request.model)
+        model.retry_budget.record_request()
+        tried: list[Instance] = []
+        failed: OpenAutoGLMError | None = None
+        while True:
+            with trace.stage("route"):
+                try:
+                    instance = choose_instance(
+                        self.catalog, principal, request, checked.regions, exclude=tried
+                    )
+                except ServiceUnavailableError:
+                    if tried and failed is not None:
+                        raise failed from None  # nowhere left to retry: the real failure
+                    raise
+            trace.instance = instance.name
+            info = _CallInfo()
+            stream = self._call(principal, request, instance, info, trace, checked.deadline)
+            try:
+                first = await anext(stream)
+            except StopAsyncIteration:
+                first = Chunk(finish_reason="stop", usage=Usage())
+            except BaseException as exc:
+                await stream.aclose()
+                self.policing.refused(principal, exc)
+                if (
+                    isinstance(exc, OpenAutoGLMError)
+                    and failure_class(exc) in INSTANCE_FAILURES
+                    and len(tried) + 1 < model.resilience.max_attempts
+                    and len(model.instances) > len(tried) + 1
+                    and model.retry_budget.try_retry()
+                ):
+                    tried.append(instance)
+                    failed = exc
+                    self._metrics.retried(model.name, failure_class(exc) or "")
+                    continue
+                raise
+            return OpenStream(instance=instance, first=first, rest=stream, headers=info.headers)
 
     async def complete(
         self, principal: Principal, request: GenerationRequest, trace: CallTrace | None = None
@@ -235,7 +292,7 @@ class Gateway:
         deadline: Deadline | None,
     ) -> AsyncGenerator[Chunk, None]:
         started = time.perf_counter()
-        outcome, cost = "cancelled", None
+        outcome, cost, judged = "cancelled", None, False
         instance.in_flight += 1
         try:
             counter = _counter_of(instance)
@@ -312,10 +369,18 @@ class Gateway:
             outcome = "ok"
         except OpenAutoGLMError as exc:
             outcome = exc.code
+            if failure_class(exc) in INSTANCE_FAILURES:
+                self.catalog.get(instance.model).record(instance, ok=False)
+                judged = True
             raise
         finally:
             instance.in_flight -= 1
-            self._metrics.observe(instance, outcome, time.perf_counter() - started, cost)
+            elapsed = time.perf_counter() - started
+            if outcome == "ok":
+                self.catalog.get(instance.model).record(instance, ok=True, latency_s=elapsed)
+            elif not judged:  # cancelled, or refused before the instance was asked
+                instance.breaker.abandon_probe()
+            self._metrics.observe(instance, outcome, elapsed, cost)
 
     def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run ``work`` without holding up the answer, even if this call is being cancelled.
@@ -331,6 +396,13 @@ class Gateway:
         self._detached.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.warning("settling a rate-limit lease failed: %s", task.exception())
+
+
+def _hidden(exc: OpenAutoGLMError) -> bool:
+    """A fallback the caller may not use (unknown to its key, or outside its regions)."""
+    return isinstance(exc, ModelNotFoundError) or (
+        isinstance(exc, PermissionDeniedError) and exc.code == "region_not_allowed"
+    )
 
 
 def _prompt_tokens(request: GenerationRequest, counter: TokenCounter) -> int:

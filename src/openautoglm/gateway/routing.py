@@ -3,6 +3,8 @@ instance serves it (within the caller's allowed regions)."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from openautoglm.core.errors import InvalidRequestError, PermissionDeniedError
 from openautoglm.core.types import GenerationRequest
 from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel, model_not_found
@@ -31,6 +33,7 @@ def choose_instance(
     principal: Principal,
     request: GenerationRequest,
     policy_regions: tuple[str, ...] | None = None,
+    exclude: Collection[Instance] = (),
 ) -> Instance:
     """Authorise and validate ``request`` against its model, then pick an instance (in the
     key's regions and, when a policy names regions, only in those)."""
@@ -53,7 +56,7 @@ def choose_instance(
             param="messages",
         )
     if principal.allowed_regions is None and policy_regions is None:
-        return model.pick()
+        return model.pick(key=request.context_id, exclude=exclude)
     allowed = [
         i
         for i in model.instances
@@ -67,4 +70,4 @@ def choose_instance(
             f"{'key' if policy_regions is None else 'policy'} allows ({', '.join(regions or ())})",
             code="region_not_allowed",
         )
-    return model.pick(among=allowed)
+    return model.pick(among=allowed, key=request.context_id, exclude=exclude)

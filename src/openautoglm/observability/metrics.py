@@ -22,6 +22,9 @@ _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+_BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
 class _InstanceCollector(Collector):
     """In-flight requests and backend-specific numbers, read when Prometheus scrapes."""
 
@@ -37,12 +40,19 @@ class _InstanceCollector(Collector):
             "Numbers a backend reports about itself (llama.cpp slots, tokens, ...)",
             labels=["model", "instance", "name"],
         )
+        breaker = GaugeMetricFamily(
+            "autoglm_instance_breaker_state",
+            "Circuit breaker per instance: 0 closed, 1 half-open, 2 open",
+            labels=["model", "instance"],
+        )
         for instance in self._instances():
             labels = [instance.model, instance.name]
             in_flight.add_metric(labels, instance.in_flight)
+            breaker.add_metric(labels, _BREAKER_VALUES[instance.breaker.state.value])
             for name, value in instance.backend.metrics().items():
                 backend.add_metric([*labels, _UNSAFE.sub("_", name)], value)
         yield in_flight
+        yield breaker
         yield backend
 
 
@@ -67,6 +77,18 @@ class GatewayMetrics:
         self._tokens = Counter(
             "autoglm_tokens", "Tokens processed", ["model", "kind"], registry=self.registry
         )
+        self._retries = Counter(
+            "autoglm_retries",
+            "Calls retried on another instance before their first byte, by failure",
+            ["model", "reason"],
+            registry=self.registry,
+        )
+        self._fallbacks = Counter(
+            "autoglm_fallbacks",
+            "Calls moved to a fallback model",
+            ["model", "fallback"],
+            registry=self.registry,
+        )
         self.registry.register(_InstanceCollector(instances))
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
 
@@ -89,6 +111,12 @@ class GatewayMetrics:
         if usage is not None:
             prompt_tokens.inc(usage.prompt_tokens)
             completion_tokens.inc(usage.completion_tokens)
+
+    def retried(self, model: str, reason: str) -> None:
+        self._retries.labels(model, reason).inc()
+
+    def fallback(self, model: str, fallback: str) -> None:
+        self._fallbacks.labels(model, fallback).inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

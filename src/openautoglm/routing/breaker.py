@@ -77,6 +77,21 @@ class CircuitBreaker:
             self._open()
 
     @property
+    def probing(self) -> bool:
+        """Whether the half-open probe call is out."""
+        return self._probing
+
+    def abandon_probe(self) -> None:
+        """The probe call ended without an outcome (its client went away): allow another."""
+        self._probing = False
+
+    def probe_passed(self) -> None:
+        """An active health check answered: let the next call through as the probe."""
+        if self.state is BreakerState.OPEN:
+            self.state = BreakerState.HALF_OPEN
+            self._probing = False
+
+    @property
     def retry_in_s(self) -> float:
         """Seconds until an open breaker lets a probe through (0 when not open)."""
         if self.state is not BreakerState.OPEN:

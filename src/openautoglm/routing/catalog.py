@@ -1,18 +1,24 @@
 """The served models: each name maps to one or more instances (replicas), each a backend.
 
-Instance choice here is smooth weighted round robin (nginx-style): over any window of
-``sum(weights)`` picks, each instance is chosen exactly ``weight`` times, evenly spread.
+Each model has a balancer (``routing/balancers.py``; smooth weighted round robin by default)
+and each instance a circuit breaker (``routing/breaker.py``). ``ServedModel.pick`` chooses among
+the instances whose breaker lets a call through, minus those a retry already tried; outcomes
+come back through ``ServedModel.record`` so breakers and latency-aware balancers learn.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from openautoglm.backends.base import Backend
 from openautoglm.config.settings import InstanceConfig
-from openautoglm.core.errors import ModelNotFoundError
+from openautoglm.core.clock import Clock, SystemClock
+from openautoglm.core.errors import ModelNotFoundError, ServiceUnavailableError
 from openautoglm.core.types import Capabilities
+from openautoglm.routing.balancers import Balancer, SmoothWeightedRoundRobin
+from openautoglm.routing.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from openautoglm.routing.retry_budget import RetryBudget
 
 
 @dataclass(eq=False)
@@ -24,36 +30,100 @@ class Instance:
     backend: Backend
     config: InstanceConfig
     in_flight: int = 0
-    _current_weight: float = field(default=0.0, repr=False)
+    breaker: CircuitBreaker = field(
+        default_factory=lambda: CircuitBreaker(SystemClock()), repr=False
+    )
+
+    @property
+    def weight(self) -> float:
+        return self.config.weight
+
+
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """How a model copes with failing instances and models."""
+
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    max_attempts: int = 3
+    retry_ratio: float = 0.2
+    retry_min_per_s: float = 10.0
+    health_check_interval_s: float = 5.0
+    fallbacks: tuple[str, ...] = ()
+    fallback_on: frozenset[str] = frozenset({"unavailable", "upstream", "timeout", "backend"})
 
 
 class ServedModel:
     """A model name clients ask for, with its instances."""
 
-    def __init__(self, name: str, instances: Sequence[Instance]) -> None:
+    def __init__(
+        self,
+        name: str,
+        instances: Sequence[Instance],
+        balancer: Balancer | None = None,
+        resilience: Resilience | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         if not instances:
             raise ValueError(f"model '{name}' needs at least one instance")
         self.name = name
         self.instances = list(instances)
+        self.balancer: Balancer = balancer or SmoothWeightedRoundRobin()
+        self.resilience = resilience or Resilience()
+        clock = clock or SystemClock()
+        for instance in self.instances:
+            instance.breaker = CircuitBreaker(clock, self.resilience.breaker)
+        self.retry_budget = RetryBudget(
+            clock, self.resilience.retry_ratio, self.resilience.retry_min_per_s
+        )
 
     @property
     def capabilities(self) -> Capabilities:
         """What every instance of the model can do (instances of one model are alike)."""
         return self.instances[0].backend.capabilities
 
-    def pick(self, among: Sequence[Instance] | None = None) -> Instance:
-        """The next instance by smooth weighted round robin (over ``among`` when given)."""
-        candidates = self.instances if among is None else among
-        if len(candidates) == 1:
-            return candidates[0]
-        total = sum(instance.config.weight for instance in candidates)
-        best = candidates[0]
-        for instance in candidates:
-            instance._current_weight += instance.config.weight
-            if instance._current_weight > best._current_weight:
-                best = instance
-        best._current_weight -= total
-        return best
+    def pick(
+        self,
+        among: Sequence[Instance] | None = None,
+        key: str | None = None,
+        exclude: Collection[Instance] = (),
+    ) -> Instance:
+        """The next instance: by the model's balancer, among ``among`` (default: all) whose
+        breaker lets a call through, leaving out ``exclude``; ``key`` is the context id (for
+        consistent hashing). Raises 503 when none is available."""
+        candidates = [
+            instance
+            for instance in (self.instances if among is None else among)
+            if instance not in exclude and _available(instance.breaker)
+        ]
+        while candidates:
+            chosen = self.balancer.choose(candidates, key)
+            if chosen.breaker.allow():  # in half-open, this call is the probe
+                return chosen
+            candidates.remove(chosen)
+        waits = [i.breaker.retry_in_s for i in self.instances if i not in exclude]
+        error = ServiceUnavailableError(
+            f"no instance of model '{self.name}' is available (circuit breakers open)",
+            code="no_healthy_instance",
+        )
+        error.retry_after_s = max(1.0, min(waits, default=1.0))
+        raise error
+
+    def record(self, instance: Instance, ok: bool, latency_s: float | None = None) -> None:
+        """The outcome of a call on ``instance``: feeds its breaker and the balancer."""
+        if ok:
+            instance.breaker.record_success()
+            if latency_s is not None:
+                self.balancer.observe(instance.name, latency_s)
+        else:
+            instance.breaker.record_failure()
+
+
+def _available(breaker: CircuitBreaker) -> bool:
+    if breaker.state is BreakerState.CLOSED:
+        return True
+    if breaker.state is BreakerState.OPEN:
+        return breaker.retry_in_s <= 0
+    return not breaker.probing
 
 
 def model_not_found(name: str | None) -> ModelNotFoundError:

@@ -1,0 +1,39 @@
+"""Which failures move a call to another instance (retry) or to another model (fallback).
+
+Only failures before the first byte reached the client are retried: ``Gateway.open_stream``
+returns after the first chunk, so everything it catches is still invisible to the client.
+"""
+
+from __future__ import annotations
+
+from openautoglm.core.errors import (
+    BackendFailure,
+    DeadlineExceededError,
+    OpenAutoGLMError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UpstreamError,
+)
+from openautoglm.gateway.guarding import BudgetExceeded
+from openautoglm.limits.checks import RateLimitExceeded
+
+# Failures that say something about the instance: they count for its breaker and are retried.
+INSTANCE_FAILURES = frozenset({"unavailable", "upstream", "timeout", "backend"})
+
+
+def failure_class(exc: BaseException) -> str | None:
+    """``unavailable``, ``upstream``, ``timeout``, ``backend``, ``rate_limited`` or None (the
+    caller's fault, a policy, our own limits or deadline: never retried, never a fallback)."""
+    if not isinstance(exc, OpenAutoGLMError) or isinstance(exc, BudgetExceeded):
+        return None
+    if isinstance(exc, DeadlineExceededError):
+        return "timeout"
+    if isinstance(exc, ServiceUnavailableError):
+        return "unavailable"
+    if isinstance(exc, UpstreamError):
+        return "upstream"
+    if isinstance(exc, BackendFailure):
+        return "backend"
+    if isinstance(exc, RateLimitError) and not isinstance(exc, RateLimitExceeded):
+        return "rate_limited"  # the upstream's 429, not ours
+    return None

@@ -1,0 +1,85 @@
+"""Failover over HTTP: three echo instances, one always failing; consistent hashing by
+context; a fallback chain configured in YAML-shaped settings."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from tests.conftest import settings_for
+from tests.support.servers import RunningServer, start_server
+
+from openautoglm.config.settings import ModelConfig
+
+
+@pytest.fixture(scope="module")
+def failover_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    models = [
+        ModelConfig.model_validate(
+            {
+                "name": "trio",
+                "backend": "echo",
+                "breaker": {"consecutive_failures": 3, "cooldown_s": 60},
+                "instances": [{"name": "a"}, {"name": "b"}, {"name": "bad", "fail_rate": 1.0}],
+            }
+        ),
+        ModelConfig.model_validate(
+            {
+                "name": "sticky",
+                "backend": "echo",
+                "balancer": "consistent_hash",
+                "instances": [{"name": "a"}, {"name": "b"}, {"name": "c"}],
+            }
+        ),
+        ModelConfig.model_validate(
+            {"name": "flaky", "backend": "echo", "fail_rate": 1.0, "fallbacks": ["trio"]}
+        ),
+    ]
+    running = start_server(settings_for(tmp_path_factory.mktemp("failover"), models))
+    yield running
+    running.stop()
+
+
+def client(server: RunningServer) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {server.admin_key}"}
+    return httpx.Client(base_url=server.base_url, headers=headers, timeout=30)
+
+
+def chat(http: httpx.Client, model: str, **extra: object) -> httpx.Response:
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **extra}
+    return http.post("/v1/chat/completions", json=body)
+
+
+def test_a_failing_instance_costs_no_client_errors(failover_server: RunningServer) -> None:
+    with client(failover_server) as http:
+        answers = [chat(http, "trio") for _ in range(150)]
+        assert [r.status_code for r in answers] == [200] * 150
+        served = {r.headers["x-autoglm-instance"] for r in answers}
+        assert served == {"a", "b"}
+        metrics = http.get("/metrics").text
+    assert 'autoglm_instance_breaker_state{instance="bad",model="trio"} 2.0' in metrics
+    assert 'autoglm_retries_total{model="trio",reason="backend"} 3.0' in metrics
+
+
+def test_a_context_stays_on_one_instance(failover_server: RunningServer) -> None:
+    with client(failover_server) as http:
+        for index in range(8):
+            headers = {"X-AutoGLM-Context-Id": f"conv-{index}"}
+            body = {"model": "sticky", "messages": [{"role": "user", "content": "hi"}]}
+            served = {
+                http.post("/v1/chat/completions", json=body, headers=headers).headers[
+                    "x-autoglm-instance"
+                ]
+                for _ in range(5)
+            }
+            assert len(served) == 1
+
+
+def test_a_failing_model_falls_back(failover_server: RunningServer) -> None:
+    with client(failover_server) as http:
+        response = chat(http, "flaky")
+        assert response.status_code == 200
+        assert response.headers["x-autoglm-model"] == "trio"
+        assert response.json()["choices"][0]["message"]["content"] == "hi"
+        assert 'autoglm_fallbacks_total{fallback="trio",model="flaky"}' in http.get("/metrics").text
