@@ -74,6 +74,22 @@ class Services:
     started_at: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
 
+    def drain_and_close(self, instance: Instance, timeout_s: float = 600.0) -> None:
+        """Close a removed instance's backend once its calls have finished (or after
+        ``timeout_s``), in the background."""
+
+        async def drain() -> None:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    while instance.in_flight:
+                        await asyncio.sleep(0.05)
+            except TimeoutError:
+                logger.warning("closing instance %s with calls still on it", instance.name)
+            finally:
+                await instance.backend.close()
+
+        self.background.append(asyncio.ensure_future(drain()))
+
     async def close(self) -> None:
         for task in self.background:
             task.cancel()

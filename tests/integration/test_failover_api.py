@@ -83,3 +83,33 @@ def test_a_failing_model_falls_back(failover_server: RunningServer) -> None:
         assert response.headers["x-autoglm-model"] == "trio"
         assert response.json()["choices"][0]["message"]["content"] == "hi"
         assert 'autoglm_fallbacks_total{fallback="trio",model="flaky"}' in http.get("/metrics").text
+
+
+def test_instances_change_live_through_the_admin_api(failover_server: RunningServer) -> None:
+    with client(failover_server) as http:
+        listed = http.get("/v1/admin/models/trio").json()
+        assert listed["balancer"] == "round_robin"
+        states = {i["name"]: i["breaker"] for i in listed["instances"]}
+        assert states["a"] == "closed"
+        added = http.post("/v1/admin/models/sticky/instances", json={"name": "d"})
+        assert added.status_code == 201 and added.json()["breaker"] == "closed"
+        assert http.post("/v1/admin/models/sticky/instances", json={"name": "d"}).status_code == 409
+        assert (
+            http.post("/v1/admin/models/sticky/instances", json={"weight": -1}).status_code == 400
+        )
+        http.patch("/v1/admin/models/sticky/instances/a", json={"weight": 1000})
+        served = [
+            chat(http, "sticky").headers["x-autoglm-instance"] for _ in range(20)
+        ]  # no context id: the weighted fallback
+        assert served.count("a") >= 18
+        removed = http.delete("/v1/admin/models/sticky/instances/d")
+        assert removed.status_code == 200
+        names = [i["name"] for i in http.get("/v1/admin/models/sticky").json()["instances"]]
+        assert names == ["a", "b", "c"]
+        assert http.delete("/v1/admin/models/flaky/instances/default").status_code == 409
+        assert http.get("/v1/admin/models/nope").status_code == 404
+        developer = http.post("/v1/admin/keys", json={"role": "developer"}).json()["secret"]
+    with httpx.Client(
+        base_url=failover_server.base_url, headers={"Authorization": f"Bearer {developer}"}
+    ) as other:
+        assert other.get("/v1/admin/models").status_code == 403

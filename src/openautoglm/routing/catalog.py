@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from openautoglm.backends.base import Backend
 from openautoglm.config.settings import InstanceConfig
 from openautoglm.core.clock import Clock, SystemClock
-from openautoglm.core.errors import ModelNotFoundError, ServiceUnavailableError
+from openautoglm.core.errors import (
+    ConflictError,
+    ModelNotFoundError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 from openautoglm.core.types import Capabilities
 from openautoglm.routing.balancers import Balancer, SmoothWeightedRoundRobin
 from openautoglm.routing.breaker import BreakerSettings, BreakerState, CircuitBreaker
@@ -69,7 +74,7 @@ class ServedModel:
         self.instances = list(instances)
         self.balancer: Balancer = balancer or SmoothWeightedRoundRobin()
         self.resilience = resilience or Resilience()
-        clock = clock or SystemClock()
+        self._clock = clock = clock or SystemClock()
         for instance in self.instances:
             instance.breaker = CircuitBreaker(clock, self.resilience.breaker)
         self.retry_budget = RetryBudget(
@@ -107,6 +112,35 @@ class ServedModel:
         )
         error.retry_after_s = max(1.0, min(waits, default=1.0))
         raise error
+
+    def instance(self, name: str) -> Instance:
+        """The instance called ``name``; ``NotFoundError`` if there is none."""
+        for instance in self.instances:
+            if instance.name == name:
+                return instance
+        raise NotFoundError(
+            f"model '{self.name}' has no instance '{name}'", code="instance_not_found"
+        )
+
+    def add(self, instance: Instance) -> None:
+        """Serve ``instance`` from the next pick on (a new breaker, closed)."""
+        if any(existing.name == instance.name for existing in self.instances):
+            raise ConflictError(
+                f"model '{self.name}' already has an instance '{instance.name}'",
+                code="instance_exists",
+            )
+        instance.breaker = CircuitBreaker(self._clock, self.resilience.breaker)
+        self.instances = [*self.instances, instance]
+
+    def remove(self, name: str) -> Instance:
+        """Stop picking instance ``name`` (calls already on it finish); it is returned."""
+        instance = self.instance(name)
+        if len(self.instances) == 1:
+            raise ConflictError(
+                f"'{name}' is the last instance of model '{self.name}'", code="last_instance"
+            )
+        self.instances = [i for i in self.instances if i is not instance]
+        return instance
 
     def record(self, instance: Instance, ok: bool, latency_s: float | None = None) -> None:
         """The outcome of a call on ``instance``: feeds its breaker and the balancer."""
