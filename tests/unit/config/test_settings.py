@@ -114,3 +114,17 @@ def test_instances_inherit_model_keys_but_may_override() -> None:
     x, y = model.resolved_instances()
     assert (x.base_url, x.timeout_s) == ("http://a/v1", 5)
     assert (y.base_url, y.timeout_s) == ("http://b/v1", 5)
+
+
+def test_the_readme_failover_example_is_valid_config() -> None:
+    import yaml
+
+    from openautoglm.config.settings import ModelConfig
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Instances, balancing and failover", 1)[1]
+    document = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
+    (model,) = (ModelConfig.model_validate(entry) for entry in document["models"])
+    assert model.balancer == "p2c_ewma" and model.fallbacks == ["qwen-72b", "echo-apology"]
+    assert [i.name for i in model.resolved_instances()] == ["bj-1", "sh-1"]
+    assert model.resolved_instances()[0].weight == 2
