@@ -37,6 +37,7 @@ from openautoglm.routing.balancers import build_balancer
 from openautoglm.routing.breaker import BreakerSettings
 from openautoglm.routing.catalog import Instance, ModelCatalog, Resilience, ServedModel
 from openautoglm.routing.health import watch_health
+from openautoglm.scheduling.scheduler import ModelScheduler, SchedulerSettings
 from openautoglm.store.audit_sql import SqlAuditStore
 from openautoglm.store.contexts_sql import SqlContextStore
 from openautoglm.store.database import open_database
@@ -197,9 +198,18 @@ def build_catalog(settings: Settings, clock: Clock | None = None) -> ModelCatalo
             )
             for config in model.resolved_instances()
         ]
+        scheduler = None
+        if model.scheduler.enabled:
+            capacity = sum(config.max_concurrency for config in model.resolved_instances())
+            scheduler = ModelScheduler(capacity, clock, scheduler_settings(model))
         served.append(
             ServedModel(
-                model.name, instances, build_balancer(model.balancer), resilience_of(model), clock
+                model.name,
+                instances,
+                build_balancer(model.balancer),
+                resilience_of(model),
+                clock,
+                scheduler,
             )
         )
     names = {model.name for model in served}
@@ -214,6 +224,13 @@ def build_catalog(settings: Settings, clock: Clock | None = None) -> ModelCatalo
         return ModelCatalog(served, settings.default_model)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def scheduler_settings(model: ModelConfig) -> SchedulerSettings:
+    config = model.scheduler
+    return SchedulerSettings(
+        max_queue=config.max_queue, aging_s=config.aging_s, tenant_weights=config.tenant_weights
+    )
 
 
 def resilience_of(model: ModelConfig) -> Resilience:
@@ -232,6 +249,10 @@ def resilience_of(model: ModelConfig) -> Resilience:
         health_check_interval_s=model.health_check_interval_s,
         fallbacks=tuple(model.fallbacks),
         fallback_on=frozenset(model.fallback_on),
+        default_priority=model.scheduler.default_priority,
+        target_wait_s=model.scheduler.target_wait_s,
+        min_replicas=model.scheduler.min_replicas,
+        max_replicas=model.scheduler.max_replicas,
     )
 
 
@@ -261,7 +282,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
     key_events = (
         RedisKeyEvents(authenticator, redis) if redis is not None else LocalKeyEvents(authenticator)
     )
-    metrics = GatewayMetrics(lambda: catalog.instances)
+    metrics = GatewayMetrics(lambda: catalog.instances, lambda: list(catalog))
     contexts = ContextService(
         SqlContextStore(engine),
         clock,

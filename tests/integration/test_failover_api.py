@@ -3,7 +3,10 @@ context; a fallback chain configured in YAML-shaped settings."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -113,3 +116,51 @@ def test_instances_change_live_through_the_admin_api(failover_server: RunningSer
         base_url=failover_server.base_url, headers={"Authorization": f"Bearer {developer}"}
     ) as other:
         assert other.get("/v1/admin/models").status_code == 403
+
+
+def test_the_scheduler_refuses_early_and_reports_itself(tmp_path: Path) -> None:
+    models = [
+        ModelConfig.model_validate(
+            {
+                "name": "narrow",
+                "backend": "echo",
+                "tokens_per_s": 20,  # 30 words: about 1.5 s per answer
+                "max_concurrency": 1,
+                "scheduler": {"max_queue": 1, "target_wait_s": 0.1, "max_replicas": 5},
+            }
+        )
+    ]
+    running = start_server(settings_for(tmp_path, models))
+    try:
+        body = {"model": "narrow", "messages": [{"role": "user", "content": "w " * 30}]}
+        headers = {"Authorization": f"Bearer {running.admin_key}"}
+
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(
+                base_url=running.base_url, headers=headers, timeout=30
+            ) as http:
+                first = asyncio.ensure_future(http.post("/v1/chat/completions", json=body))
+                await asyncio.sleep(0.3)
+                second = asyncio.ensure_future(http.post("/v1/chat/completions", json=body))
+                await asyncio.sleep(0.3)
+                started = time.monotonic()
+                third = await http.post("/v1/chat/completions", json=body)
+                assert time.monotonic() - started < 0.5  # refused at once, not after waiting
+                snapshot = await http.get("/v1/admin/models/narrow")
+                metrics = await http.get("/metrics")
+                return [await first, await second, third, snapshot, metrics]
+
+        first, second, third, snapshot, metrics = asyncio.run(burst())
+        assert first.status_code == second.status_code == 200
+        assert third.status_code == 503
+        assert third.json()["error"]["code"] == "queue_full"
+        assert int(third.headers["Retry-After"]) >= 1
+        state = snapshot.json()
+        assert state["scheduler"]["slots"] == 1 and state["scheduler"]["queue_depth"] == 1
+        assert 2 <= state["desired_replicas"] <= 5
+        assert 'autoglm_scheduler_rejected_total{model="narrow",reason="queue_full"} 1.0' in (
+            metrics.text
+        )
+        assert 'autoglm_scheduler_slots{model="narrow"} 1.0' in metrics.text
+    finally:
+        running.stop()

@@ -92,6 +92,27 @@ class RetryConfig(BaseModel):
     min_per_s: float = Field(default=10.0, ge=0, description="retries always allowed per second")
 
 
+class SchedulerConfig(BaseModel):
+    """The model's request queue (priority, earliest deadline, aging, tenant fair share)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_queue: int = Field(default=1000, ge=0, description="queued requests before 503")
+    aging_s: float | None = Field(
+        default=5.0, gt=0, description="a waiting request gains one priority class this often"
+    )
+    tenant_weights: dict[str, float] = Field(
+        default_factory=dict, description="fair-share weights by tenant id (default 1)"
+    )
+    default_priority: int = Field(default=5, ge=0, le=9)
+    target_wait_s: float = Field(
+        default=0.5, gt=0, description="queue wait the scaling signal aims for"
+    )
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=16, ge=1)
+
+
 class ModelConfig(InstanceConfig):
     """A served model name: its defaults plus, optionally, several instances that override them."""
 
@@ -99,6 +120,7 @@ class ModelConfig(InstanceConfig):
     backend: BackendKind
     instances: list[InstanceConfig] = Field(default_factory=list)
     balancer: BalancerKind = "round_robin"
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     breaker: BreakerConfig = Field(default_factory=BreakerConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     health_check_interval_s: float = Field(
@@ -133,6 +155,7 @@ _MODEL_ONLY = {
     "instances",
     "name",
     "balancer",
+    "scheduler",
     "breaker",
     "retries",
     "health_check_interval_s",

@@ -31,9 +31,7 @@ from openautoglm.contexts.model import Turn as StoredTurn
 from openautoglm.contexts.windowing import TokenCounter, make_token_counter
 from openautoglm.core.errors import (
     InvalidRequestError,
-    ModelNotFoundError,
     OpenAutoGLMError,
-    PermissionDeniedError,
     ServiceUnavailableError,
 )
 from openautoglm.core.ids import new_object_id
@@ -48,10 +46,11 @@ from openautoglm.core.types import (
     Usage,
 )
 from openautoglm.gateway.conversation import SUMMARY_ALLOWANCE_TOKENS, Conversations
-from openautoglm.gateway.failover import INSTANCE_FAILURES, failure_class
+from openautoglm.gateway.failover import INSTANCE_FAILURES, failure_class, hidden, releasing
 from openautoglm.gateway.guarding import OutputFilter, within_deadline
 from openautoglm.gateway.limiting import RequestLimits
 from openautoglm.gateway.policing import CheckedInput, Deadline, Policing
+from openautoglm.gateway.queueing import take_slot
 from openautoglm.gateway.routing import (
     authorised_model,
     choose_instance,
@@ -150,7 +149,7 @@ class Gateway:
             try:
                 return await self._open_on_model(principal, attempt, trace, checked)
             except OpenAutoGLMError as exc:
-                if index and _hidden(exc):
+                if index and hidden(exc):
                     continue  # a fallback this key may not use: try the next
                 original = original or exc
                 if failure_class(exc) not in chain.fallback_on:
@@ -168,6 +167,25 @@ class Gateway:
         checked: CheckedInput,
     ) -> OpenStream:
         model = self.catalog.get(request.model)
+        slot = await take_slot(self.catalog, model, principal, request, trace, checked.deadline)
+        try:
+            opened = await self._open_on_instances(model, principal, request, trace, checked)
+        except BaseException:
+            if slot is not None:
+                slot.release(ok=False)
+            raise
+        if slot is not None:
+            opened.rest = releasing(opened.rest, slot)
+        return opened
+
+    async def _open_on_instances(
+        self,
+        model: ServedModel,
+        principal: Principal,
+        request: GenerationRequest,
+        trace: CallTrace,
+        checked: CheckedInput,
+    ) -> OpenStream:
         model.retry_budget.record_request()
         tried: list[Instance] = []
         failed: OpenAutoGLMError | None = None
@@ -396,13 +414,6 @@ class Gateway:
         self._detached.discard(task)
         if not task.cancelled() and task.exception() is not None:
             logger.warning("settling a rate-limit lease failed: %s", task.exception())
-
-
-def _hidden(exc: OpenAutoGLMError) -> bool:
-    """A fallback the caller may not use (unknown to its key, or outside its regions)."""
-    return isinstance(exc, ModelNotFoundError) or (
-        isinstance(exc, PermissionDeniedError) and exc.code == "region_not_allowed"
-    )
 
 
 def _prompt_tokens(request: GenerationRequest, counter: TokenCounter) -> int:

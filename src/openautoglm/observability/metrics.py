@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from openautoglm.core.types import Usage
 
 if TYPE_CHECKING:
-    from openautoglm.routing.catalog import Instance
+    from openautoglm.routing.catalog import Instance, ServedModel
 
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_]")
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -56,10 +56,64 @@ class _InstanceCollector(Collector):
         yield backend
 
 
+class _SchedulerCollector(Collector):
+    """Each model's queue, slots, refusals and scaling signal, read when Prometheus scrapes."""
+
+    def __init__(self, models: Callable[[], Iterable[ServedModel]]) -> None:
+        self._models = models
+
+    def collect(self) -> Iterator[Metric]:
+        gauges = {
+            name: GaugeMetricFamily(f"autoglm_scheduler_{name}", text, labels=["model"])
+            for name, text in (
+                ("queue_depth", "Requests waiting for a slot"),
+                ("slots_in_use", "Slots held by requests"),
+                ("slots", "Slots (the instances' combined max_concurrency)"),
+                ("estimated_wait_seconds", "Expected wait of a request arriving now"),
+                ("service_seconds", "Moving average of how long a request holds a slot"),
+                ("desired_replicas", "Replicas that would keep the wait near the target"),
+            )
+        }
+        rejected = CounterMetricFamily(
+            "autoglm_scheduler_rejected",
+            "Requests refused by admission control",
+            labels=["model", "reason"],
+        )
+        wait = GaugeMetricFamily(
+            "autoglm_scheduler_wait_p99_seconds",
+            "p99 queue wait of recent requests",
+            labels=["model", "priority"],
+        )
+        for model in self._models():
+            scheduler = model.scheduler
+            if scheduler is None:
+                continue
+            stats = scheduler.stats()
+            label = [model.name]
+            gauges["queue_depth"].add_metric(label, stats.depth)
+            gauges["slots_in_use"].add_metric(label, stats.in_flight)
+            gauges["slots"].add_metric(label, stats.capacity)
+            gauges["estimated_wait_seconds"].add_metric(label, stats.estimated_wait_s)
+            gauges["service_seconds"].add_metric(label, stats.service_s)
+            gauges["desired_replicas"].add_metric(label, model.desired_replicas())
+            for reason, count in stats.rejected.items():
+                rejected.add_metric([model.name, str(reason)], count)
+            for priority, summary in stats.waits.items():
+                if summary.count:
+                    wait.add_metric([model.name, str(priority)], summary.p99_s)
+        yield from gauges.values()
+        yield rejected
+        yield wait
+
+
 class GatewayMetrics:
     """Counters and histograms the gateway records for each finished request."""
 
-    def __init__(self, instances: Callable[[], Iterable[Instance]]) -> None:
+    def __init__(
+        self,
+        instances: Callable[[], Iterable[Instance]],
+        models: Callable[[], Iterable[ServedModel]] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self._requests = Counter(
             "autoglm_requests",
@@ -90,6 +144,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_InstanceCollector(instances))
+        if models is not None:
+            self.registry.register(_SchedulerCollector(models))
         self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
 
     def observe(

@@ -8,6 +8,7 @@ come back through ``ServedModel.record`` so breakers and latency-aware balancers
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from openautoglm.core.types import Capabilities
 from openautoglm.routing.balancers import Balancer, SmoothWeightedRoundRobin
 from openautoglm.routing.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from openautoglm.routing.retry_budget import RetryBudget
+from openautoglm.scheduling.scheduler import ModelScheduler
 
 
 @dataclass(eq=False)
@@ -55,6 +57,10 @@ class Resilience:
     health_check_interval_s: float = 5.0
     fallbacks: tuple[str, ...] = ()
     fallback_on: frozenset[str] = frozenset({"unavailable", "upstream", "timeout", "backend"})
+    default_priority: int = 5
+    target_wait_s: float = 0.5
+    min_replicas: int = 1
+    max_replicas: int = 16
 
 
 class ServedModel:
@@ -67,6 +73,7 @@ class ServedModel:
         balancer: Balancer | None = None,
         resilience: Resilience | None = None,
         clock: Clock | None = None,
+        scheduler: ModelScheduler | None = None,
     ) -> None:
         if not instances:
             raise ValueError(f"model '{name}' needs at least one instance")
@@ -80,6 +87,26 @@ class ServedModel:
         self.retry_budget = RetryBudget(
             clock, self.resilience.retry_ratio, self.resilience.retry_min_per_s
         )
+        self.scheduler = scheduler
+
+    @property
+    def capacity(self) -> int:
+        """Concurrent calls the instances take together (the scheduler's slots)."""
+        return sum(instance.config.max_concurrency for instance in self.instances)
+
+    def capacity_changed(self) -> None:
+        """Instances came, went or changed: resize the scheduler."""
+        if self.scheduler is not None:
+            self.scheduler.set_capacity(max(1, self.capacity))
+
+    def desired_replicas(self) -> int:
+        """The scaling signal: replicas that would keep the queue wait near the target."""
+        if self.scheduler is None:
+            return len(self.instances)
+        per_replica = max(1.0, self.capacity / len(self.instances))
+        slots = self.scheduler.desired_capacity(self.resilience.target_wait_s)
+        wanted = math.ceil(slots / per_replica)
+        return max(self.resilience.min_replicas, min(self.resilience.max_replicas, wanted))
 
     @property
     def capabilities(self) -> Capabilities:
@@ -131,6 +158,7 @@ class ServedModel:
             )
         instance.breaker = CircuitBreaker(self._clock, self.resilience.breaker)
         self.instances = [*self.instances, instance]
+        self.capacity_changed()
 
     def remove(self, name: str) -> Instance:
         """Stop picking instance ``name`` (calls already on it finish); it is returned."""
@@ -140,6 +168,7 @@ class ServedModel:
                 f"'{name}' is the last instance of model '{self.name}'", code="last_instance"
             )
         self.instances = [i for i in self.instances if i is not instance]
+        self.capacity_changed()
         return instance
 
     def record(self, instance: Instance, ok: bool, latency_s: float | None = None) -> None:

@@ -51,12 +51,27 @@ class InstanceOut(BaseModel):
     breaker_retry_in_s: float
 
 
+class SchedulerOut(BaseModel):
+    slots: int
+    slots_in_use: int
+    queue_depth: int
+    estimated_wait_s: float
+    service_s: float
+    admitted: int
+    rejected: dict[str, int]
+    expired: int
+    cancelled: int
+    wait_p99_s: dict[str, float]
+
+
 class ModelOut(BaseModel):
     object: Literal["model.deployment"] = "model.deployment"
     id: str
     balancer: str
     fallbacks: list[str]
     instances: list[InstanceOut]
+    scheduler: SchedulerOut | None
+    desired_replicas: int = Field(description="the scaling signal for an external autoscaler")
 
 
 class InstanceChange(BaseModel):
@@ -89,6 +104,26 @@ def _model_out(model: ServedModel) -> ModelOut:
         balancer=_balancer_name(model),
         fallbacks=list(model.resilience.fallbacks),
         instances=[_instance_out(instance) for instance in model.instances],
+        scheduler=_scheduler_out(model),
+        desired_replicas=model.desired_replicas(),
+    )
+
+
+def _scheduler_out(model: ServedModel) -> SchedulerOut | None:
+    if model.scheduler is None:
+        return None
+    stats = model.scheduler.stats()
+    return SchedulerOut(
+        slots=stats.capacity,
+        slots_in_use=stats.in_flight,
+        queue_depth=stats.depth,
+        estimated_wait_s=round(stats.estimated_wait_s, 6),
+        service_s=round(stats.service_s, 6),
+        admitted=stats.admitted,
+        rejected={str(reason): count for reason, count in stats.rejected.items()},
+        expired=stats.expired,
+        cancelled=stats.cancelled,
+        wait_p99_s={str(p): round(w.p99_s, 6) for p, w in stats.waits.items() if w.count},
     )
 
 
@@ -142,6 +177,7 @@ async def change_instance(
     instance = catalog.get(model_id).instance(name)
     changes = body.model_dump(exclude_unset=True)
     instance.config = instance.config.model_copy(update=changes)
+    catalog.get(model_id).capacity_changed()
     trace_of(request).admin_action(
         "instance.changed", model=model_id, instance=name, fields=sorted(changes)
     )
