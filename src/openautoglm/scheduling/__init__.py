@@ -1,0 +1,1 @@
+"""Request scheduling per model: priority/EDF queue with aging, tenant fair share, admission."""

@@ -1,0 +1,1 @@
+"""Tests of request scheduling: queue order, aging, fair share, admission, cancellation."""
