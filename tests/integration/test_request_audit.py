@@ -90,7 +90,7 @@ def test_an_answered_request_has_its_call_chain_and_masked_content(
     assert event["prompt"] == "user: 我的手机是 138****5678"
     assert event["answer"] == "我的手机是 138****5678"
     assert event["usage"]["completion_tokens"] > 0
-    assert list(event["stages"])[:3] == ["auth", "policy_input", "route"]
+    assert list(event["stages"])[:4] == ["auth", "policy_input", "queue", "route"]
     assert {"auth", "route", "context", "first_token", "generate"} <= set(event["stages"])
     assert all(ms >= 0 for ms in event["stages"].values())
     assert event["detail"]["policy"] == f"{masked['id']}@1"
