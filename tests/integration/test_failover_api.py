@@ -164,3 +164,15 @@ def test_the_scheduler_refuses_early_and_reports_itself(tmp_path: Path) -> None:
         assert 'autoglm_scheduler_slots{model="narrow"} 1.0' in metrics.text
     finally:
         running.stop()
+
+
+def test_stage_latency_first_token_and_token_rate_are_exported(
+    failover_server: RunningServer,
+) -> None:
+    with client(failover_server) as http:
+        assert chat(http, "sticky").status_code == 200
+        metrics = http.get("/metrics").text
+    for stage in ("auth", "queue", "route", "context", "first_token", "generate"):
+        assert f'autoglm_stage_duration_seconds_count{{stage="{stage}"}}' in metrics, stage
+    assert 'autoglm_time_to_first_token_seconds_count{model="sticky"}' in metrics
+    assert 'autoglm_completion_tokens_per_second_count{model="sticky"}' in metrics

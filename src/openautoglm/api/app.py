@@ -73,8 +73,15 @@ def _install_openapi(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _audit_finished(scope: Scope, trace: CallTrace, status: int, request_id: str) -> None:
+def _request_finished(scope: Scope, trace: CallTrace, status: int, request_id: str) -> None:
+    """After the response: stage metrics, then the audit event."""
     services = getattr(scope["app"].state, "services", None)
+    if services is None:
+        return
+    usage = trace.usage
+    services.metrics.observe_stages(
+        trace.model, trace.stages, usage.completion_tokens if usage is not None else None
+    )
     record_trace(services, trace, status, request_id)
 
 
@@ -125,7 +132,7 @@ def create_app(
     app.add_middleware(
         RequestContextMiddleware,
         max_body_bytes=settings.server.max_body_bytes,
-        on_finish=_audit_finished,
+        on_finish=_request_finished,
     )
     return app
 

@@ -6,7 +6,7 @@ Each app gets its own ``CollectorRegistry`` (no process-global state), exposed a
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -137,6 +137,29 @@ class GatewayMetrics:
             ["model", "reason"],
             registry=self.registry,
         )
+        self._stages = Histogram(
+            "autoglm_stage_duration_seconds",
+            "Time spent in each pipeline stage (auth, policy_input, queue, route, context, "
+            "limits, first_token, generate, policy_output, ...)",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._first_token = Histogram(
+            "autoglm_time_to_first_token_seconds",
+            "From calling the backend to its first chunk",
+            ["model"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
+        self._token_rate = Histogram(
+            "autoglm_completion_tokens_per_second",
+            "Completion tokens per second of generation, per call",
+            ["model"],
+            buckets=(1, 5, 10, 20, 50, 100, 200, 500, 1000, 5000),
+            registry=self.registry,
+        )
+        self._stage_children: dict[str, Any] = {}
         self._fallbacks = Counter(
             "autoglm_fallbacks",
             "Calls moved to a fallback model",
@@ -167,6 +190,25 @@ class GatewayMetrics:
         if usage is not None:
             prompt_tokens.inc(usage.prompt_tokens)
             completion_tokens.inc(usage.completion_tokens)
+
+    def observe_stages(
+        self, model: str | None, stages: Mapping[str, float], completion_tokens: int | None
+    ) -> None:
+        """A finished request's stage durations (ms), time to first token and token rate."""
+        children = self._stage_children
+        for stage, ms in stages.items():
+            child = children.get(stage)
+            if child is None:
+                child = children[stage] = self._stages.labels(stage)
+            child.observe(ms / 1000.0)
+        if model is None:
+            return
+        first_ms = stages.get("first_token")
+        if first_ms is not None:
+            self._first_token.labels(model).observe(first_ms / 1000.0)
+        generate_ms = stages.get("generate")
+        if completion_tokens and generate_ms:
+            self._token_rate.labels(model).observe(completion_tokens / (generate_ms / 1000.0))
 
     def retried(self, model: str, reason: str) -> None:
         self._retries.labels(model, reason).inc()
