@@ -1,6 +1,6 @@
-"""Gateway overhead (issues 2, 3 and 4): what ``autoglm serve`` costs on top of a bare proxy.
+"""Gateway overhead (issues 2-5): what ``autoglm serve`` costs on top of a bare proxy.
 
-Six targets answer the same small non-streamed chat completion, all on 127.0.0.1:
+Seven targets answer the same small non-streamed chat completion, all on 127.0.0.1:
 
   (a) direct   a fake OpenAI-compatible upstream (raw ASGI on uvicorn + uvloop + httptools)
                that answers instantly with a fixed chat.completion;
@@ -22,6 +22,9 @@ Six targets answer the same small non-streamed chat completion, all on 127.0.0.1
                10,000 keywords (input and output, blocking) plus every PII recogniser (masking,
                input and output), and the audit log (one hash-chained event per request, written
                in batches, content mode ``hash``). Its target: within 25% of (c).
+  (g) instances a fourth ``autoglm serve`` whose model has three instances (all pointing at (a))
+               behind the scheduler and smooth weighted round robin, policy and audit off: what
+               balancing across replicas costs. Its target: within 20% of (c).
 
 Each target gets a warm-up, then ``--concurrency`` clients for ``--duration`` seconds, then one
 client for ``--c1-duration`` seconds. The load generator is ``wrk`` when it is on PATH, else a
@@ -87,7 +90,8 @@ TARGET_RPS_AUTOGLM = 1500.0  # issues 2 and 3: requests/s through autoglm at 64 
 TARGET_ADDED_P50_MS = 2.0  # issues 2 and 3: p50 added latency at concurrency 1
 TARGET_LIMITS_OVER_CORE = 0.8  # issue 3: (d) within 20% of (c) requests/s
 TARGET_GOVERNED_OVER_CORE = 0.75  # issue 4: (f) within 25% of (c) requests/s
-TARGETS = ("direct", "proxy", "autoglm", "limits", "context", "governed")
+TARGET_INSTANCES_OVER_CORE = 0.8  # issue 5: (g) within 20% of (c) requests/s
+TARGETS = ("direct", "proxy", "autoglm", "limits", "context", "governed", "instances")
 LABELS = {
     "direct": "(a) upstream direct",
     "proxy": "(b) bare proxy",
@@ -95,6 +99,7 @@ LABELS = {
     "limits": "(d) autoglm + redis limits",
     "context": "(e) autoglm + limits + context",
     "governed": "(f) autoglm + policies + audit",
+    "instances": "(g) autoglm, 3 instances + scheduler",
 }
 UNGOVERNED = "policy: {enabled: false}\naudit: {enabled: false}\n"
 NUM_KEYWORDS = 10_000
@@ -607,6 +612,10 @@ def start_fleet(fleet: Fleet, redis_url: str) -> tuple[dict[str, LoadSpec], Limi
     )
     governed_port, governed_key = start_autoglm(fleet, "autoglm-governed", upstream_port)
     apply_bench_policy(governed_port, governed_key)
+    three = "    instances: [{name: r1}, {name: r2}, {name: r3}]\n"
+    instances_port, instances_key = start_autoglm(
+        fleet, "autoglm-instances", upstream_port, three + UNGOVERNED
+    )
     key_id, secret = issue_limited_key(limits_port, limits_admin_key)
     limited = LimitsServer(
         "autoglm-limits", limits_port, {"Authorization": f"Bearer {secret}"}, key_id, redis_client
@@ -622,6 +631,7 @@ def start_fleet(fleet: Fleet, redis_url: str) -> tuple[dict[str, LoadSpec], Limi
         "limits": spec(limits_port, limited.headers),
         "context": spec(limits_port, limited.headers, NUM_CONTEXTS),
         "governed": spec(governed_port, {"Authorization": f"Bearer {governed_key}"}),
+        "instances": spec(instances_port, {"Authorization": f"Bearer {instances_key}"}),
     }
     for name, target in specs.items():
         check_one_request(name, target)
@@ -782,6 +792,7 @@ SERVER_OF = {
     "limits": "autoglm-limits",
     "context": "autoglm-limits",
     "governed": "autoglm-governed",
+    "instances": "autoglm-instances",
 }
 
 
@@ -828,6 +839,7 @@ def summarise(round_: dict[str, TargetRound]) -> dict[str, float]:
     summary["limits_over_autoglm_rps"] = summary["limits_rps"] / summary["autoglm_rps"]
     summary["context_over_limits_rps"] = summary["context_rps"] / summary["limits_rps"]
     summary["governed_over_autoglm_rps"] = summary["governed_rps"] / summary["autoglm_rps"]
+    summary["instances_over_autoglm_rps"] = summary["instances_rps"] / summary["autoglm_rps"]
     summary["governed_c1_over_autoglm_p50_ms"] = (
         summary["governed_c1_p50_ms"] - summary["autoglm_c1_p50_ms"]
     )
@@ -948,6 +960,12 @@ def verdict(median: dict[str, float], problems: list[Problem]) -> dict[str, str]
         "i3_rps": passes(median["limits_rps"] >= TARGET_RPS_AUTOGLM, *i3),
         "i3_ratio": passes(median["limits_over_autoglm_rps"] >= TARGET_LIMITS_OVER_CORE, *i3),
         "i3_added_p50": passes(median["limits_c1_added_p50_ms"] <= TARGET_ADDED_P50_MS, *i3),
+        "i5_ratio": passes(
+            median["instances_over_autoglm_rps"] >= TARGET_INSTANCES_OVER_CORE,
+            "direct",
+            "autoglm",
+            "instances",
+        ),
         "i4_ratio": passes(
             median["governed_over_autoglm_rps"] >= TARGET_GOVERNED_OVER_CORE,
             "direct",
@@ -995,6 +1013,12 @@ def print_verdict(console: Any, median: dict[str, float], problems: list[Problem
         f"requests/s (ratio >= {TARGET_GOVERNED_OVER_CORE})",
         f"{median['governed_over_autoglm_rps']:.2f}",
         "i4_ratio",
+    )
+    line(
+        f"issue 5 target: (g) 3 instances + scheduler within {1 - TARGET_INSTANCES_OVER_CORE:.0%}"
+        f" of (c) requests/s (ratio >= {TARGET_INSTANCES_OVER_CORE})",
+        f"{median['instances_over_autoglm_rps']:.2f}",
+        "i5_ratio",
     )
     for problem in problems:
         console.print(f"[yellow]{LABELS[problem.target]} not valid:[/yellow] {problem.text}")
