@@ -33,6 +33,7 @@ from openautoglm.limits.factory import build_rate_limiter
 from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.policy.lockout import InMemoryViolationCounter, RedisViolationCounter
 from openautoglm.policy.service import PolicyService
+from openautoglm.routing.autoscale import run_autoscaler
 from openautoglm.routing.balancers import build_balancer
 from openautoglm.routing.breaker import BreakerSettings
 from openautoglm.routing.catalog import Instance, ModelCatalog, Resilience, ServedModel
@@ -253,6 +254,7 @@ def resilience_of(model: ModelConfig) -> Resilience:
         target_wait_s=model.scheduler.target_wait_s,
         min_replicas=model.scheduler.min_replicas,
         max_replicas=model.scheduler.max_replicas,
+        autoscale=model.scheduler.autoscale,
     )
 
 
@@ -321,7 +323,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
                 enforce_audit_retention(audit, redis, settings.audit.retention_days, clock)
             )
         )
-    return Services(
+    services = Services(
         settings=settings,
         clock=clock,
         engine=engine,
@@ -347,3 +349,8 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         issued_admin_key=issued,
         background=background,
     )
+    if any(model.resilience.autoscale for model in catalog):
+        services.background.append(
+            asyncio.ensure_future(run_autoscaler(catalog, services.drain_and_close))
+        )
+    return services

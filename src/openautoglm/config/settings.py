@@ -111,6 +111,10 @@ class SchedulerConfig(BaseModel):
     )
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=16, ge=1)
+    autoscale: bool = Field(
+        default=False,
+        description="start/stop copies of the first instance (local backends) from the signal",
+    )
 
 
 class ModelConfig(InstanceConfig):

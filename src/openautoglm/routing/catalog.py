@@ -61,6 +61,7 @@ class Resilience:
     target_wait_s: float = 0.5
     min_replicas: int = 1
     max_replicas: int = 16
+    autoscale: bool = False
 
 
 class ServedModel:
