@@ -38,10 +38,12 @@ from openautoglm.routing.balancers import build_balancer
 from openautoglm.routing.breaker import BreakerSettings
 from openautoglm.routing.catalog import Instance, ModelCatalog, Resilience, ServedModel
 from openautoglm.routing.health import watch_health
+from openautoglm.routing.overrides import InstanceSync
 from openautoglm.scheduling.scheduler import ModelScheduler, SchedulerSettings
 from openautoglm.store.audit_sql import SqlAuditStore
 from openautoglm.store.contexts_sql import SqlContextStore
 from openautoglm.store.database import open_database
+from openautoglm.store.instances_sql import SqlInstanceStore
 from openautoglm.store.policy_sql import SqlPolicyStore
 from openautoglm.store.tenancy_sql import SqlTenancyStore
 from openautoglm.tenancy.admin import TenancyAdmin
@@ -72,6 +74,7 @@ class Services:
     policies: PolicyService
     audit: AuditLog | None = None
     redis: Redis | None = None
+    instance_sync: InstanceSync | None = None
     issued_admin_key: IssuedKey | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -349,6 +352,11 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         issued_admin_key=issued,
         background=background,
     )
+    services.instance_sync = InstanceSync(
+        SqlInstanceStore(engine), catalog, services.drain_and_close
+    )
+    await services.instance_sync.refresh()  # the admin API's changes, over the YAML
+    services.background.append(asyncio.ensure_future(services.instance_sync.run()))
     if any(model.resilience.autoscale for model in catalog):
         services.background.append(
             asyncio.ensure_future(run_autoscaler(catalog, services.drain_and_close))

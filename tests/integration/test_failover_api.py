@@ -176,3 +176,39 @@ def test_stage_latency_first_token_and_token_rate_are_exported(
         assert f'autoglm_stage_duration_seconds_count{{stage="{stage}"}}' in metrics, stage
     assert 'autoglm_time_to_first_token_seconds_count{model="sticky"}' in metrics
     assert 'autoglm_completion_tokens_per_second_count{model="sticky"}' in metrics
+
+
+def test_instance_changes_reach_other_replicas_and_survive_a_restart(tmp_path: Path) -> None:
+    models = [
+        ModelConfig.model_validate(
+            {"name": "pool", "backend": "echo", "instances": [{"name": "a"}, {"name": "b"}]}
+        )
+    ]
+    settings = settings_for(tmp_path, models)
+    first, second = start_server(settings), start_server(settings)
+    try:
+        with client(first) as http:
+            assert http.post("/v1/admin/models/pool/instances", json={"name": "c"}).is_success
+            assert http.patch("/v1/admin/models/pool/instances/a", json={"weight": 7}).is_success
+            assert http.delete("/v1/admin/models/pool/instances/b").is_success
+        headers = {"Authorization": f"Bearer {first.admin_key}"}
+        with httpx.Client(base_url=second.base_url, headers=headers, timeout=30) as other:
+            deadline = time.monotonic() + 10
+            while True:
+                state = other.get("/v1/admin/models/pool").json()["instances"]
+                if [(i["name"], i["weight"]) for i in state] == [("a", 7.0), ("c", 1.0)]:
+                    break
+                assert time.monotonic() < deadline, state
+                time.sleep(0.1)
+    finally:
+        second.stop()
+        first.stop()
+    restarted = start_server(settings)
+    try:
+        headers = {"Authorization": f"Bearer {first.admin_key}"}
+        with httpx.Client(base_url=restarted.base_url, headers=headers, timeout=30) as http:
+            state = http.get("/v1/admin/models/pool").json()["instances"]
+            assert [(i["name"], i["weight"]) for i in state] == [("a", 7.0), ("c", 1.0)]
+            assert chat(http, "pool").status_code == 200
+    finally:
+        restarted.stop()

@@ -172,6 +172,13 @@ class ServedModel:
         self.capacity_changed()
         return instance
 
+    def replace(self, old: Instance, new: Instance) -> Instance:
+        """Serve ``new`` in ``old``'s place (same name); ``old`` is returned for draining."""
+        new.breaker = CircuitBreaker(self._clock, self.resilience.breaker)
+        self.instances = [new if instance is old else instance for instance in self.instances]
+        self.capacity_changed()
+        return old
+
     def record(self, instance: Instance, ok: bool, latency_s: float | None = None) -> None:
         """The outcome of a call on ``instance``: feeds its breaker and the balancer."""
         if ok:

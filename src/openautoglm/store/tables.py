@@ -172,3 +172,15 @@ audit_checkpoints = Table(
     Column("signature", String(128), nullable=False),
     Index("ix_audit_checkpoints_seq", "seq"),
 )
+
+# Instance changes made through the admin API (migration 0006), replayed over the YAML on start
+# and by every replica on reload. ``config`` is the instance's JSON; NULL: the instance was removed.
+instance_overrides = Table(
+    "instance_overrides",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("name", String(200), primary_key=True),
+    Column("config", Text, nullable=True),
+    Column("revision", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)

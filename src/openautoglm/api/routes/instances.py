@@ -1,7 +1,8 @@
 """Instances API: see every model's instances with their live state, and change them live.
 
-Platform admins only (instances are shared infrastructure). Changes apply at the next pick on
-this replica; they are not written back to the YAML (see docs/operations.md).
+Platform admins only (instances are shared infrastructure). A change applies at the next pick
+on this replica, is kept in the store (replayed over the YAML on every start) and reaches the
+other replicas within their reload interval (2 s).
 """
 
 from __future__ import annotations
@@ -137,6 +138,13 @@ def _balancer_name(model: ServedModel) -> str:
     return names.get(type(model.balancer).__name__, type(model.balancer).__name__)
 
 
+async def _record(request: Request, model: str, name: str, config: InstanceConfig | None) -> None:
+    """Keep the change in the store: it survives restarts and reaches the other replicas."""
+    sync = services_of(request).instance_sync
+    if sync is not None:
+        await sync.record(model, name, config)
+
+
 @router.get("", response_model=ListOf, summary="Every model with its instances and their state")
 async def list_deployments(catalog: Catalog) -> ListOf:
     return ListOf(data=[_model_out(model) for model in catalog])
@@ -164,6 +172,7 @@ async def add_instance(
     instance = Instance(model.name, name, build_backend(config, model.name), config)
     await instance.backend.start()
     model.add(instance)
+    await _record(request, model.name, name, config)
     trace_of(request).admin_action("instance.added", model=model.name, instance=name)
     return _instance_out(instance)
 
@@ -178,6 +187,7 @@ async def change_instance(
     changes = body.model_dump(exclude_unset=True)
     instance.config = instance.config.model_copy(update=changes)
     catalog.get(model_id).capacity_changed()
+    await _record(request, model_id, name, instance.config)
     trace_of(request).admin_action(
         "instance.changed", model=model_id, instance=name, fields=sorted(changes)
     )
@@ -194,5 +204,6 @@ async def remove_instance(
 ) -> InstanceOut:
     instance = catalog.get(model_id).remove(name)
     services_of(request).drain_and_close(instance)
+    await _record(request, model_id, name, None)
     trace_of(request).admin_action("instance.removed", model=model_id, instance=name)
     return _instance_out(instance)
