@@ -1,0 +1,1 @@
+"""Local inference engine: sequences, paged KV-cache bookkeeping, step scheduler, runner."""

@@ -1,0 +1,1 @@
+"""Tests of the local inference engine: sequences, block manager, step scheduler."""
