@@ -6,27 +6,20 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from tests.support.gateways import in_memory_gateway
 
 from openautoglm.backends.echo import EchoBackend
 from openautoglm.config.settings import InstanceConfig
-from openautoglm.contexts.ports import InMemoryContextStore
-from openautoglm.contexts.service import ContextService
 from openautoglm.core.clock import ManualClock
 from openautoglm.core.errors import BackendFailure, InvalidRequestError
 from openautoglm.core.types import GenerationRequest, Message, SamplingParams
-from openautoglm.gateway.conversation import Conversations
-from openautoglm.gateway.limiting import RequestLimits
 from openautoglm.gateway.pipeline import Gateway
-from openautoglm.limits.ports import InMemoryRateLimiter
-from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.routing.balancers import ConsistentHash
 from openautoglm.routing.breaker import BreakerSettings, BreakerState
-from openautoglm.routing.catalog import Instance, ModelCatalog, Resilience, ServedModel
+from openautoglm.routing.catalog import Instance, Resilience, ServedModel
 from openautoglm.routing.health import probe_open_instances
 from openautoglm.routing.retry_budget import RetryBudget
-from openautoglm.tenancy.auth import Authenticator
 from openautoglm.tenancy.model import Principal, Role
-from openautoglm.tenancy.ports import InMemoryTenancyStore
 
 PRINCIPAL = Principal(tenant_id="ten_a", key_id="key_a", role=Role.DEVELOPER)
 BREAKER = BreakerSettings(consecutive_failures=3, cooldown_s=10, min_calls=1000)
@@ -59,14 +52,7 @@ def model(
 
 
 def gateway(*models: ServedModel, clock: ManualClock) -> Gateway:
-    catalog = ModelCatalog(models, None)
-    return Gateway(
-        catalog,
-        Authenticator(InMemoryTenancyStore(), clock),
-        GatewayMetrics(lambda: catalog.instances),
-        RequestLimits(InMemoryRateLimiter(clock)),
-        Conversations(ContextService(InMemoryContextStore(), clock)),
-    )
+    return in_memory_gateway(models, clock)
 
 
 def ask(

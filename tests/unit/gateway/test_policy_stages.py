@@ -7,27 +7,20 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.support.gateways import in_memory_gateway
 
 from openautoglm.backends.echo import EchoBackend
 from openautoglm.config.settings import InstanceConfig
-from openautoglm.contexts.ports import InMemoryContextStore
-from openautoglm.contexts.service import ContextService
 from openautoglm.core.clock import ManualClock
 from openautoglm.core.errors import DeadlineExceededError
 from openautoglm.core.types import Chunk, GenerationRequest, Message, SamplingParams, Usage
-from openautoglm.gateway.conversation import Conversations
-from openautoglm.gateway.limiting import RequestLimits
 from openautoglm.gateway.pipeline import Gateway
 from openautoglm.gateway.trace import CallTrace
-from openautoglm.limits.ports import InMemoryRateLimiter
-from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.policy.engine import PolicyViolation
 from openautoglm.policy.ports import GLOBAL_SCOPE, InMemoryPolicyStore
 from openautoglm.policy.service import PolicyService
-from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
-from openautoglm.tenancy.auth import Authenticator
+from openautoglm.routing.catalog import Instance, ServedModel
 from openautoglm.tenancy.model import Principal, Role
-from openautoglm.tenancy.ports import InMemoryTenancyStore
 
 POLICY = """\
 rules:
@@ -76,17 +69,9 @@ class ChunkedBackend(EchoBackend):
 async def gateway_for(backend: EchoBackend, policy: str = POLICY) -> Gateway:
     clock = ManualClock()
     instance = Instance("m", "default", backend, InstanceConfig(backend="echo"))
-    catalog = ModelCatalog([ServedModel("m", [instance])], None)
     policies = PolicyService(InMemoryPolicyStore(), clock)
     await policies.apply(GLOBAL_SCOPE, policy, "k")
-    return Gateway(
-        catalog,
-        Authenticator(InMemoryTenancyStore(), clock),
-        GatewayMetrics(lambda: catalog.instances),
-        RequestLimits(InMemoryRateLimiter(clock)),
-        Conversations(ContextService(InMemoryContextStore(), clock)),
-        policies=policies,
-    )
+    return in_memory_gateway([ServedModel("m", [instance])], clock, policies)
 
 
 def ask(text: str = "hi", deadline_ms: int | None = None) -> GenerationRequest:

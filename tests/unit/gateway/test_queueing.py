@@ -6,24 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from tests.support.gateways import in_memory_gateway
 
 from openautoglm.backends.echo import EchoBackend
 from openautoglm.config.settings import InstanceConfig
-from openautoglm.contexts.ports import InMemoryContextStore
-from openautoglm.contexts.service import ContextService
 from openautoglm.core.clock import SystemClock
 from openautoglm.core.errors import ServiceUnavailableError
 from openautoglm.core.types import Chunk, GenerationRequest, Message, Usage
-from openautoglm.gateway.conversation import Conversations
-from openautoglm.gateway.limiting import RequestLimits
 from openautoglm.gateway.pipeline import Gateway
-from openautoglm.limits.ports import InMemoryRateLimiter
-from openautoglm.observability.metrics import GatewayMetrics
-from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
+from openautoglm.routing.catalog import Instance, ServedModel
 from openautoglm.scheduling.scheduler import ModelScheduler, SchedulerSettings
-from openautoglm.tenancy.auth import Authenticator
 from openautoglm.tenancy.model import Principal, Role
-from openautoglm.tenancy.ports import InMemoryTenancyStore
 
 PRINCIPAL = Principal(tenant_id="ten_a", key_id="key_a", role=Role.DEVELOPER)
 
@@ -50,14 +43,7 @@ def build(max_queue: int = 10) -> tuple[Gateway, GatedEcho, ModelScheduler]:
     model = ServedModel(
         "m", [Instance("m", "i", backend, config)], clock=clock, scheduler=scheduler
     )
-    catalog = ModelCatalog([model], None)
-    gateway = Gateway(
-        catalog,
-        Authenticator(InMemoryTenancyStore(), clock),
-        GatewayMetrics(lambda: catalog.instances, lambda: list(catalog)),
-        RequestLimits(InMemoryRateLimiter(clock)),
-        Conversations(ContextService(InMemoryContextStore(), clock)),
-    )
+    gateway = in_memory_gateway([model], clock)
     return gateway, backend, scheduler
 
 
