@@ -128,6 +128,9 @@ class AuditLog:
             self.dropped += len(batch) - len(kept)
             logger.error("dropped %d audit records that cannot be encoded", len(batch) - len(kept))
             return
+        except Exception:
+            self._buffer.extendleft(reversed(batch))  # keep them for the next try
+            raise
         finally:
             self._in_flight = []
         self.written += len(batch)
@@ -175,6 +178,10 @@ class AuditLog:
             except AuditStoreError as exc:
                 delay_s = min(delay_s * 2, max(MAX_RETRY_DELAY_S, self.options.flush_interval_s))
                 logger.warning("audit flush failed (%d pending), retrying: %s", self.pending, exc)
+            except Exception:  # an unexpected bug must not stop auditing: log it, keep trying
+                delay_s = min(delay_s * 2, max(MAX_RETRY_DELAY_S, self.options.flush_interval_s))
+                self.last_flush_error = "unexpected error (see the log)"
+                logger.exception("audit flush failed unexpectedly (%d pending)", self.pending)
             else:
                 delay_s = self.options.flush_interval_s
 

@@ -242,3 +242,33 @@ async def test_the_retention_loop_prunes_on_its_first_round(
     assert await store.first_seq() == 4
     report = await log.verify()
     assert (report.ok, report.first_seq, report.checked) == (True, 4, 1)
+
+
+class BuggyStore(FlakyStore):
+    """Fails once with an error no store should raise (a bug), then works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bugs = 1
+
+    async def append(self, records: Sequence[AuditRecord]) -> list[AuditEvent]:
+        if self.bugs:
+            self.bugs -= 1
+            raise RuntimeError("a bug in the store adapter")
+        return await super().append(records)
+
+
+async def test_an_unexpected_store_error_keeps_the_records_and_the_flusher(
+    signer: CheckpointSigner,
+) -> None:
+    buggy = BuggyStore()
+    log = make_log(buggy, signer, flush_interval_s=0.01)
+    await log.start()
+    try:
+        for i in range(3):
+            log.record(make_record(i))
+        await eventually(lambda: log.written == 3)
+        assert await stored_request_ids(buggy) == [f"req_{i:06d}" for i in range(3)]
+        assert log.dropped == 0
+    finally:
+        await log.close()
