@@ -30,13 +30,8 @@ from pathlib import Path
 
 import ahocorasick_rs
 
-from openautoglm.policy.normalize import (
-    Normalized,
-    fold_char,
-    may_compose,
-    normalize,
-    segment_start,
-)
+from openautoglm.policy.folding import fold_char, may_compose, segment_start
+from openautoglm.policy.normalize import Normalized, normalize
 
 DEFAULT_CATEGORY = "default"
 _CONTINUATION_BYTES = bytes(range(0x80, 0xC0))  # UTF-8 bytes that do not start a character

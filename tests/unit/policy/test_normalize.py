@@ -7,14 +7,9 @@ import unicodedata
 
 import pytest
 
-from openautoglm.policy import normalize as module
-from openautoglm.policy.normalize import (
-    fold_char,
-    is_attaching,
-    normalize,
-    normalize_pattern,
-    segment_start,
-)
+from openautoglm.policy import folding
+from openautoglm.policy.folding import fold_char, is_attaching, segment_start
+from openautoglm.policy.normalize import normalize, normalize_pattern
 
 EVASIONS = [
     ("敏 感 词", "敏感词"),
@@ -236,10 +231,10 @@ def test_long_text_takes_the_same_paths() -> None:
 
 def test_skipped_blocks_hold_nothing_to_fold() -> None:
     """The table builder skips big blocks; none of their characters would change."""
-    for low, high in module._PLAIN_BLOCKS:
+    for low, high in folding._PLAIN_BLOCKS:
         for cp in range(low, high + 1, 7):
             if 0xD800 <= cp <= 0xDFFF:
                 continue
             ch = chr(cp)
-            assert module._fold_char(ch) == ch, hex(cp)
+            assert folding._fold_char(ch) == ch, hex(cp)
             assert not is_attaching(ch), hex(cp)
