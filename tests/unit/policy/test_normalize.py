@@ -8,6 +8,7 @@ import unicodedata
 import pytest
 
 from openautoglm.policy import folding
+from openautoglm.policy import normalize as module
 from openautoglm.policy.folding import fold_char, is_attaching, segment_start
 from openautoglm.policy.normalize import normalize, normalize_pattern
 
