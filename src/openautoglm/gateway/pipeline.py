@@ -17,35 +17,28 @@ really cost, and its context is released; only a finished answer is stored in th
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import logging
 import time
-from collections.abc import AsyncGenerator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from openautoglm.backends.base import collect
 from openautoglm.backends.text import count_tokens
-from openautoglm.contexts.model import Turn as StoredTurn
 from openautoglm.contexts.windowing import TokenCounter, make_token_counter
 from openautoglm.core.errors import (
     InvalidRequestError,
     OpenAutoGLMError,
     ServiceUnavailableError,
 )
-from openautoglm.core.ids import new_object_id
 from openautoglm.core.types import (
     Chunk,
     Completion,
     Embeddings,
     FinishReason,
     GenerationRequest,
-    Message,
-    SamplingParams,
     Usage,
 )
-from openautoglm.gateway.conversation import SUMMARY_ALLOWANCE_TOKENS, Conversations
+from openautoglm.gateway.background import BackgroundWork
+from openautoglm.gateway.conversation import Conversations
 from openautoglm.gateway.failover import INSTANCE_FAILURES, failure_class, hidden, releasing
 from openautoglm.gateway.guarding import OutputFilter, within_deadline
 from openautoglm.gateway.limiting import RequestLimits
@@ -56,6 +49,7 @@ from openautoglm.gateway.routing import (
     choose_instance,
     require_inference_role,
 )
+from openautoglm.gateway.summaries import Summariser
 from openautoglm.gateway.trace import CallTrace, untraced
 from openautoglm.limits.headers import ratelimit_headers
 from openautoglm.observability.metrics import GatewayMetrics
@@ -64,12 +58,7 @@ from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel
 from openautoglm.tenancy.auth import Authenticator
 from openautoglm.tenancy.model import Principal
 
-logger = logging.getLogger(__name__)
 _ESTIMATE = make_token_counter(count_tokens)
-SUMMARY_INSTRUCTION = (
-    "Summarise the following earlier part of a conversation in a few sentences, keeping names, "
-    "numbers and decisions. Answer with the summary only."
-)
 
 
 @dataclass(slots=True)
@@ -114,11 +103,11 @@ class Gateway:
         self._metrics = metrics
         self._limits = limits
         self._conversations = conversations
-        self._detached: set[asyncio.Task[Any]] = set()
-        self.policing = Policing(policies, self._in_background)
+        self._background = BackgroundWork()
+        self.policing = Policing(policies, self._background.run)
         self.summary_model = summary_model
         if summary_model is not None and conversations.summarise is None:
-            conversations.summarise = self._summarise
+            conversations.summarise = Summariser(catalog, summary_model)
 
     async def authenticate(self, secret: str | None, trace: CallTrace | None = None) -> Principal:
         if trace is None:
@@ -274,30 +263,12 @@ class Gateway:
             usage = trace.usage = embeddings.usage
         finally:
             if lease is not None:
-                self._in_background(self._limits.settle(lease, usage))
+                self._background.run(self._limits.settle(lease, usage))
         self._metrics.observe(instance, "ok", time.perf_counter() - started, embeddings.usage)
         return instance, embeddings
 
-    async def _summarise(self, turns: Sequence[StoredTurn]) -> str:
-        """A few sentences on turns that no longer fit the window (by ``summary_model``)."""
-        if self.summary_model is None:
-            return ""
-        transcript = "\n".join(f"{turn.role}: {turn.content}" for turn in turns)
-        request = GenerationRequest(
-            request_id=new_object_id("sum"),
-            model=self.summary_model,
-            kind="chat",
-            messages=(
-                Message(role="system", content=SUMMARY_INSTRUCTION),
-                Message(role="user", content=transcript),
-            ),
-            params=SamplingParams(temperature=0, max_tokens=SUMMARY_ALLOWANCE_TOKENS // 2),
-        )
-        instance = self.catalog.get(self.summary_model).pick()
-        return (await collect(instance.backend.generate(request))).text.strip()
-
     async def close(self) -> None:
-        await asyncio.gather(*self._detached, return_exceptions=True)
+        await self._background.drain()
         await self._limits.close()
 
     async def _call(
@@ -373,7 +344,7 @@ class Gateway:
                     )
                     trace.usage = cost
                     if lease is not None:
-                        self._in_background(self._limits.settle(lease, cost))
+                        self._background.run(self._limits.settle(lease, cost))
                 answer = "".join(released)
                 trace.finish_reason = finish
                 if trace.content_mode != "none":
@@ -399,21 +370,6 @@ class Gateway:
             elif not judged:  # cancelled, or refused before the instance was asked
                 instance.breaker.abandon_probe()
             self._metrics.observe(instance, outcome, elapsed, cost)
-
-    def _in_background(self, work: Coroutine[Any, Any, Any]) -> None:
-        """Run ``work`` without holding up the answer, even if this call is being cancelled.
-
-        Used for settling: the client need not wait for it, and it must happen whatever becomes
-        of the request. ``close()`` waits for what is still running.
-        """
-        task = asyncio.ensure_future(work)
-        self._detached.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._detached.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.warning("settling a rate-limit lease failed: %s", task.exception())
 
 
 def _prompt_tokens(request: GenerationRequest, counter: TokenCounter) -> int:
