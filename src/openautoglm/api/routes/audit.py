@@ -8,7 +8,6 @@ three roles but reports seq numbers and check names only, never another tenant's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -57,39 +56,8 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class Filters:
-    """Query parameters shared by listing and export."""
-
-    since: datetime | None = None
-    until: datetime | None = None
-    tenant_id: str | None = None
-    key_id: str | None = None
-    model: str | None = None
-    status: int | None = None
-    rule: str | None = None
-    kind: Kind | None = None
-
-    def query_for(self, reader: Principal) -> AuditQuery:
-        """The filters, scoped to what ``reader`` may see."""
-        tenant_id = self.tenant_id
-        if reader.role is not Role.PLATFORM_ADMIN:
-            if tenant_id is not None and tenant_id != reader.tenant_id:
-                raise NotFoundError(f"tenant '{tenant_id}' not found", code="tenant_not_found")
-            tenant_id = reader.tenant_id
-        return AuditQuery(
-            since=_utc(self.since),
-            until=_utc(self.until),
-            tenant_id=tenant_id,
-            key_id=self.key_id,
-            model=self.model,
-            status=self.status,
-            rule=self.rule,
-            kind=self.kind,
-        )
-
-
 def filters(
+    reader: Reader,
     since: Annotated[datetime | None, Query(description="occurred at or after (ISO-8601)")] = None,
     until: Annotated[datetime | None, Query(description="occurred before (ISO-8601)")] = None,
     tenant_id: Annotated[str | None, Query(description="platform admins only: any")] = None,
@@ -98,10 +66,16 @@ def filters(
     status: Annotated[int | None, Query(ge=100, le=599, description="HTTP status")] = None,
     rule: Annotated[str | None, Query(description="a policy rule id that decided")] = None,
     kind: Kind | None = None,
-) -> Filters:
-    return Filters(
-        since=since,
-        until=until,
+) -> AuditQuery:
+    """The query parameters as an ``AuditQuery``, scoped to what ``reader`` may see: auditors
+    and admins their own tenant (another tenant is 404, as in the admin API)."""
+    if reader.role is not Role.PLATFORM_ADMIN:
+        if tenant_id is not None and tenant_id != reader.tenant_id:
+            raise NotFoundError(f"tenant '{tenant_id}' not found", code="tenant_not_found")
+        tenant_id = reader.tenant_id
+    return AuditQuery(
+        since=_utc(since),
+        until=_utc(until),
         tenant_id=tenant_id,
         key_id=key_id,
         model=model,
@@ -111,7 +85,7 @@ def filters(
     )
 
 
-FilterParams = Annotated[Filters, Depends(filters)]
+Filters = Annotated[AuditQuery, Depends(filters)]
 
 
 class EventList(BaseModel):
@@ -134,14 +108,13 @@ class VerifyOut(BaseModel):
 
 @router.get("/events", response_model=EventList)
 async def list_events(
-    reader: Reader,
     log: Log,
-    given: FilterParams,
+    query: Filters,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     order: Annotated[Order, Query(description="by seq; newest first by default")] = "desc",
 ) -> EventList:
-    page = await log.page(given.query_for(reader), limit=limit, cursor=cursor, order=order)
+    page = await log.page(query, limit=limit, cursor=cursor, order=order)
     return EventList(
         data=[event_dict(event) for event in page.events],
         next_cursor=page.next_cursor,
@@ -155,13 +128,11 @@ async def list_events(
     responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
 )
 async def export_events(
-    reader: Reader,
     log: Log,
-    given: FilterParams,
+    query: Filters,
     format: Annotated[ExportFormat, Query(description="jsonl or csv")] = "jsonl",
     order: Annotated[Order, Query(description="by seq; oldest first by default")] = "asc",
 ) -> StreamingResponse:
-    query = given.query_for(reader)
     return StreamingResponse(
         encode_pages(log.pages(query, order=order), format),
         media_type=MEDIA_TYPES[format],
