@@ -342,6 +342,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
             Conversations(contexts),
             settings.contexts.summary_model,
             policies if settings.policy.enabled else None,
+            audit_content=settings.audit.enabled,
         ),
         contexts=contexts,
         policies=policies,

@@ -97,6 +97,7 @@ class Gateway:
         conversations: Conversations,
         summary_model: str | None = None,
         policies: PolicyService | None = None,
+        audit_content: bool = True,
     ) -> None:
         self.catalog = catalog
         self._authenticator = authenticator
@@ -104,7 +105,7 @@ class Gateway:
         self._limits = limits
         self._conversations = conversations
         self._background = BackgroundWork()
-        self.policing = Policing(policies, self._background.run)
+        self.policing = Policing(policies, self._background.run, keep_content=audit_content)
         self.summary_model = summary_model
         if summary_model is not None and conversations.summarise is None:
             conversations.summarise = Summariser(catalog, summary_model)

@@ -9,7 +9,7 @@ from typing import Any
 
 from openautoglm.core.types import GenerationRequest
 from openautoglm.gateway.trace import CallTrace
-from openautoglm.policy.engine import EffectivePolicy, PolicyViolation
+from openautoglm.policy.engine import DEFAULT_CONTENT_MODE, EffectivePolicy, PolicyViolation
 from openautoglm.policy.service import PolicyService
 from openautoglm.tenancy.model import Principal
 
@@ -34,9 +34,13 @@ class CheckedInput:
 class Policing:
     """Asks the policy service about each call; without one, only the caller's deadline counts."""
 
-    def __init__(self, service: PolicyService | None, in_background: Background) -> None:
+    def __init__(
+        self, service: PolicyService | None, in_background: Background, keep_content: bool = True
+    ) -> None:
         self.service = service
         self._in_background = in_background
+        # Without an audit log nobody reads the prompt and answer: do not copy them per call.
+        self._keep_content = keep_content
 
     def policy_of(self, principal: Principal) -> EffectivePolicy | None:
         if self.service is None:
@@ -50,11 +54,14 @@ class Policing:
         """The request as the rules let it through (masked, capped), or a refusal."""
         service = self.service
         if service is None:
+            if self._keep_content:
+                trace.content_mode = DEFAULT_CONTENT_MODE
             trace.note_request(request)
             return CheckedInput(request, None, _deadline(request.deadline_ms, None))
         service.refuse_if_suspended(principal.key_id)
         policy = service.for_tenant(principal.tenant_id)
-        trace.content_mode = policy.content_mode
+        if self._keep_content:
+            trace.content_mode = policy.content_mode
         trace.note_request(request)
         if policy.is_empty:
             return CheckedInput(request, None, _deadline(request.deadline_ms, None))
