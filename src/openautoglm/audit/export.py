@@ -11,7 +11,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
+from datetime import datetime
 from typing import Any, Literal
 
 from openautoglm.audit.chain import format_time
@@ -50,34 +51,24 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def event_dict(event: AuditEvent) -> dict[str, Any]:
-    """An event as the API shows it (``occurred_at`` in ISO-8601 UTC with microseconds)."""
-    record = event.record
-    return {
-        "object": "audit.event",
-        "seq": event.seq,
-        "occurred_at": format_time(record.occurred_at),
-        "request_id": record.request_id,
-        "kind": record.kind,
-        "endpoint": record.endpoint,
-        "status": record.status,
-        "tenant_id": record.tenant_id,
-        "key_id": record.key_id,
-        "role": record.role,
-        "action": record.action,
-        "model": record.model,
-        "version": record.version,
-        "instance": record.instance,
-        "error_code": record.error_code,
-        "client_ip": record.client_ip,
-        "stages": dict(record.stages),
-        "usage": None if record.usage is None else dict(record.usage),
-        "decisions": [dict(decision) for decision in record.decisions],
-        "prompt": record.prompt,
-        "answer": record.answer,
-        "detail": None if record.detail is None else dict(record.detail),
-        "prev_hash": event.prev_hash,
-        "hash": event.hash,
-    }
+    """An event as the API shows it (``occurred_at`` in ISO-8601 UTC with microseconds), with
+    the fields in ``CSV_COLUMNS`` order."""
+    chained = {"seq": event.seq, "prev_hash": event.prev_hash, "hash": event.hash}
+    shown: dict[str, Any] = {"object": "audit.event"}
+    for name in CSV_COLUMNS:
+        shown[name] = chained[name] if name in chained else _plain(getattr(event.record, name))
+    return shown
+
+
+def _plain(value: Any) -> Any:
+    """A record field as JSON-ready data."""
+    if isinstance(value, datetime):
+        return format_time(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, (list, tuple)):
+        return [dict(item) for item in value]  # decisions: a sequence of mappings
+    return value
 
 
 def jsonl_lines(events: Iterable[AuditEvent]) -> str:
