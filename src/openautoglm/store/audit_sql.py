@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import ColumnElement, Select, and_, delete, insert, select, text
@@ -39,6 +39,7 @@ from openautoglm.audit.ports import (
 from openautoglm.audit.signing import Checkpoint
 from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.tables import audit_checkpoints, audit_event_rules, audit_events
+from openautoglm.store.times import aware, to_utc
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -78,22 +79,13 @@ def _fit(value: Any, length: int | None) -> Any:
     return value[:length]
 
 
-def _utc(moment: datetime) -> datetime:
-    # SQLite stores a datetime's wall-clock fields as text; keep every stored value in UTC.
-    return moment.astimezone(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def event_row(event: AuditEvent, payload: bytes) -> dict[str, Any]:
     """The ``audit_events`` row of a chained event (``payload``: the bytes its hash covers)."""
     record = event.record
     row = {name: _fit(getattr(record, name), length) for name, length in _COPIES.items()}
     row.update(
         seq=event.seq,
-        occurred_at=_utc(record.occurred_at),
+        occurred_at=to_utc(record.occurred_at),
         payload=payload.decode("utf-8"),
         prev_hash=event.prev_hash,
         hash=event.hash,
@@ -123,7 +115,7 @@ def _defect(row: Any, rules: Mapping[str, str | None]) -> str | None:
                 copied = copied[:length]
             if copied != stored[name]:
                 return f"column '{name}' of {where} does not match its hashed payload"
-        if parse_time(document["occurred_at"]) != _aware(stored["occurred_at"]):
+        if parse_time(document["occurred_at"]) != aware(stored["occurred_at"]):
             return f"column 'occurred_at' of {where} does not match its hashed payload"
         tenant_id = _fit(document.get("tenant_id"), _COPIES["tenant_id"])
         expected = {_fit(r, _RULE_LENGTH): tenant_id for r in rule_ids_of(document["decisions"])}
@@ -138,9 +130,9 @@ def _filters(query: AuditQuery) -> list[ColumnElement[bool]]:
     c = audit_events.c
     conditions: list[ColumnElement[bool]] = []
     if query.since is not None:
-        conditions.append(c.occurred_at >= _utc(query.since))
+        conditions.append(c.occurred_at >= to_utc(query.since))
     if query.until is not None:
-        conditions.append(c.occurred_at < _utc(query.until))
+        conditions.append(c.occurred_at < to_utc(query.until))
     for name in ("tenant_id", "key_id", "model", "status", "kind"):
         value = getattr(query, name)
         if value is not None:
@@ -152,7 +144,7 @@ def _checkpoint(row: Any) -> Checkpoint:
     return Checkpoint(
         seq=row.seq,
         hash=row.hash,
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
         kind=row.kind,
         key_fingerprint=row.key_fingerprint,
         signature=row.signature,
@@ -324,7 +316,7 @@ class SqlAuditStore:
             # Walk from the oldest event: the scan is as long as what is pruned, not the log.
             young = await connection.scalar(
                 select(c.seq)
-                .where(c.seq < first + max_events, c.occurred_at >= _utc(before))
+                .where(c.seq < first + max_events, c.occurred_at >= to_utc(before))
                 .order_by(c.seq)
                 .limit(1)
             )
@@ -363,7 +355,7 @@ def _checkpoint_row(checkpoint: Checkpoint) -> dict[str, Any]:
     return {
         "seq": checkpoint.seq,
         "hash": checkpoint.hash,
-        "created_at": _utc(checkpoint.created_at),
+        "created_at": to_utc(checkpoint.created_at),
         "kind": checkpoint.kind,
         "key_fingerprint": checkpoint.key_fingerprint,
         "signature": checkpoint.signature,

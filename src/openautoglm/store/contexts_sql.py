@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, insert, or_, select, update
@@ -39,19 +39,9 @@ from openautoglm.core.errors import ConflictError
 from openautoglm.core.ids import new_object_id
 from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.tables import context_turns, contexts
+from openautoglm.store.times import aware, to_utc
 
 _DELETE_CHUNK = 500
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite stores a datetime's wall-clock fields as text; keep every stored value in UTC.
-    return moment.astimezone(UTC)
-
-
-def _aware(moment: datetime | None) -> datetime | None:
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def _labels_text(labels: Mapping[str, str]) -> str:
@@ -69,14 +59,14 @@ def _context(row: Any) -> Context:
     return Context(
         id=row.context_id,
         tenant_id=row.tenant_id,
-        created_at=_aware(row.created_at) or row.created_at,
-        updated_at=_aware(row.updated_at) or row.updated_at,
+        created_at=aware(row.created_at) or row.created_at,
+        updated_at=aware(row.updated_at) or row.updated_at,
         title=row.title,
         labels=json.loads(row.labels),
         system_prompt=row.system_prompt,
         max_turns=row.max_turns,
         ttl_s=row.ttl_s,
-        expires_at=_aware(row.expires_at),
+        expires_at=aware(row.expires_at),
         num_turns=row.num_turns,
     )
 
@@ -88,7 +78,7 @@ def _turn(context_id: str, row: Any) -> Turn:
         role=row.role,
         content=row.content,
         num_tokens=row.num_tokens,
-        created_at=_aware(row.created_at) or row.created_at,
+        created_at=aware(row.created_at) or row.created_at,
         request_id=row.request_id,
     )
 
@@ -131,7 +121,7 @@ class SqlContextStore:
 
     @shielded
     async def create(self, context: Context) -> None:
-        now = _utc(context.created_at)
+        now = to_utc(context.created_at)
         try:
             async with write_transaction(self._engine) as connection:
                 expired = and_(
@@ -151,8 +141,10 @@ class SqlContextStore:
                         max_turns=context.max_turns,
                         ttl_s=context.ttl_s,
                         created_at=now,
-                        updated_at=_utc(context.updated_at),
-                        expires_at=None if context.expires_at is None else _utc(context.expires_at),
+                        updated_at=to_utc(context.updated_at),
+                        expires_at=None
+                        if context.expires_at is None
+                        else to_utc(context.expires_at),
                         num_turns=0,
                         last_seq=0,
                     )
@@ -164,24 +156,24 @@ class SqlContextStore:
 
     @shielded
     async def get(self, tenant_id: str, context_id: str, *, now: datetime) -> Context | None:
-        query = select(contexts).where(_named(tenant_id, context_id), _live(_utc(now)))
+        query = select(contexts).where(_named(tenant_id, context_id), _live(to_utc(now)))
         async with self._engine.connect() as connection:
             row = (await connection.execute(query)).first()
         return None if row is None else _context(row)
 
     @shielded
     async def delete(self, tenant_id: str, context_id: str, *, now: datetime) -> bool:
-        moment = _utc(now)
+        moment = to_utc(now)
         async with write_transaction(self._engine) as connection:
             rows = await _delete_where(connection, _named(tenant_id, context_id))
-        return any(_is_live(_aware(row.expires_at), moment) for row in rows)
+        return any(_is_live(aware(row.expires_at), moment) for row in rows)
 
     @shielded
     async def turns(self, tenant_id: str, context_id: str, *, now: datetime) -> list[Turn]:
         query = (
             select(context_turns)
             .join(contexts, contexts.c.key == context_turns.c.context_key)
-            .where(_named(tenant_id, context_id), _live(_utc(now)))
+            .where(_named(tenant_id, context_id), _live(to_utc(now)))
             .order_by(context_turns.c.seq)
         )
         async with self._engine.connect() as connection:
@@ -193,7 +185,7 @@ class SqlContextStore:
         self, tenant_id: str, context_id: str, turns: Sequence[TurnInput], now: datetime
     ) -> list[Turn]:
         new_turns = coerce_new_turns(turns)
-        moment = _utc(now)
+        moment = to_utc(now)
         try:
             async with write_transaction(self._engine) as connection:
                 # First statement is the write that claims the seqs (see the module docstring).
@@ -280,7 +272,7 @@ class SqlContextStore:
 
     @shielded
     async def purge_expired(self, now: datetime) -> int:
-        moment = _utc(now)
+        moment = to_utc(now)
         expired = and_(contexts.c.expires_at.is_not(None), contexts.c.expires_at <= moment)
         async with write_transaction(self._engine) as connection:
             rows = await _delete_where(connection, expired)
@@ -302,7 +294,7 @@ class SqlContextStore:
         label_pairs = (labels or {}).items()
         query = (
             select(contexts)
-            .where(contexts.c.tenant_id == tenant_id, _live(_utc(now)))
+            .where(contexts.c.tenant_id == tenant_id, _live(to_utc(now)))
             .where(
                 *(contexts.c.labels.like(_like_label(k, v), escape="\\") for k, v in label_pairs)
             )
@@ -315,7 +307,7 @@ class SqlContextStore:
             while len(found) <= limit:
                 batch_query = query
                 if position is not None:
-                    created_at, last_id = _utc(position[0]), position[1]
+                    created_at, last_id = to_utc(position[0]), position[1]
                     batch_query = query.where(
                         or_(
                             contexts.c.created_at < created_at,

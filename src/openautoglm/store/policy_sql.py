@@ -7,7 +7,7 @@ numbers stay gapless and no apply is lost.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
@@ -18,12 +18,9 @@ from openautoglm.core.errors import ConflictError
 from openautoglm.policy.ports import PolicyVersion, Suspension
 from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.tables import key_suspensions, policy_versions
+from openautoglm.store.times import aware, to_utc
 
 _APPLY_ATTEMPTS = 5
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _version(row: Any) -> PolicyVersion:
@@ -32,7 +29,7 @@ def _version(row: Any) -> PolicyVersion:
         version=row.version,
         document=row.document,
         digest=row.digest,
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
         created_by=row.created_by,
         comment=row.comment,
     )
@@ -42,9 +39,9 @@ def _suspension(row: Any) -> Suspension:
     return Suspension(
         key_id=row.key_id,
         tenant_id=row.tenant_id,
-        until=_aware(row.suspended_until),
+        until=aware(row.suspended_until),
         reason=row.reason,
-        created_at=_aware(row.created_at),
+        created_at=aware(row.created_at),
     )
 
 
@@ -77,7 +74,7 @@ class SqlPolicyStore:
                         (latest or 0) + 1,
                         document,
                         digest,
-                        created_at.astimezone(UTC),
+                        to_utc(created_at),
                         created_by,
                         comment,
                     )
@@ -148,9 +145,9 @@ class SqlPolicyStore:
                 insert(key_suspensions).values(
                     key_id=suspension.key_id,
                     tenant_id=suspension.tenant_id,
-                    suspended_until=suspension.until.astimezone(UTC),
+                    suspended_until=to_utc(suspension.until),
                     reason=suspension.reason,
-                    created_at=suspension.created_at.astimezone(UTC),
+                    created_at=to_utc(suspension.created_at),
                 )
             )
 
@@ -163,8 +160,6 @@ class SqlPolicyStore:
         return bool(result.rowcount)
 
     async def suspensions(self, now: datetime) -> list[Suspension]:
-        query = select(key_suspensions).where(
-            key_suspensions.c.suspended_until > now.astimezone(UTC)
-        )
+        query = select(key_suspensions).where(key_suspensions.c.suspended_until > to_utc(now))
         async with self._engine.connect() as connection:
             return [_suspension(row) for row in await connection.execute(query)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -14,14 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from openautoglm.core.errors import ConflictError
 from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.tables import api_keys, tenants
+from openautoglm.store.times import aware
 from openautoglm.tenancy.model import ApiKey, LimitValues, Role, Tenant
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite gives back naive datetimes; everything we store is UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def _join(names: tuple[str, ...] | None) -> str | None:
