@@ -25,4 +25,12 @@ def build_backend(config: InstanceConfig, model_name: str) -> Backend:
         from openautoglm.backends.transformers_local import TransformersBackend
 
         return TransformersBackend(config, model_name)
+    if config.backend == "vllm":
+        from openautoglm.backends.vllm_server import VllmBackend
+
+        return VllmBackend(config, model_name)
+    if config.backend == "encoder":
+        from openautoglm.backends.encoder import EncoderBackend
+
+        return EncoderBackend(config, model_name)
     raise InvalidRequestError(f"unknown backend '{config.backend}' for model '{model_name}'")

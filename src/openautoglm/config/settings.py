@@ -17,7 +17,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-BackendKind = Literal["echo", "openai", "llamacpp", "transformers"]
+BackendKind = Literal["echo", "openai", "llamacpp", "transformers", "vllm", "encoder"]
+DType = Literal["float32", "bfloat16", "float16"]
+Quantization = Literal["none", "int8_weight_only"]
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -50,6 +52,34 @@ class InstanceConfig(BaseModel):
     n_threads: int | None = Field(default=None, ge=1)
     embeddings: bool = False
     device: str = "cpu"
+    # transformers: the continuous-batching engine (see engine/)
+    batching: bool = Field(
+        default=True, description="continuous batching engine (false: one generation at a time)"
+    )
+    max_num_seqs: int = Field(default=32, ge=1, description="sequences decoded per step")
+    max_batch_tokens: int = Field(default=512, ge=1, description="tokens computed per step")
+    kv_cache_tokens: int = Field(default=32768, ge=16, description="KV cache size, in tokens")
+    block_size: int = Field(default=16, ge=1, le=1024, description="KV cache block, in tokens")
+    prefix_caching: bool = True
+    dtype: DType = "float32"
+    quantization: Quantization = "none"
+    compile: bool = Field(default=False, description="torch.compile the model runner")
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    pipeline_parallel_size: int = Field(default=1, ge=1, le=64)
+    # vllm: a supervised `vllm serve` process (tensor/pipeline_parallel_size above apply)
+    launch_command: list[str] | None = Field(
+        default=None, description="executable and leading arguments (default: ['vllm', 'serve'])"
+    )
+    extra_args: list[str] = Field(default_factory=list)
+    port: int | None = Field(default=None, ge=1, le=65535, description="default: a free port")
+    startup_timeout_s: float = Field(default=300.0, gt=0)
+    restart_backoff_s: float = Field(default=1.0, gt=0)
+    max_restart_backoff_s: float = Field(default=60.0, gt=0)
+    log_file: str | None = None
+    # encoder: a sentence-embedding model, requests batched together
+    max_batch_size: int = Field(default=32, ge=1)
+    batch_wait_ms: float = Field(default=2.0, ge=0)
+    normalize: bool = True
     # echo: deterministic test backend
     reply: str | None = None
     latency_ms: float = Field(default=0.0, ge=0)
