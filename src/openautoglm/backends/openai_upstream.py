@@ -7,6 +7,10 @@ Streams are passed through chunk by chunk, never buffered; closing the stream cl
 connection, so the upstream stops generating. Upstream failures become our errors: 4xx validation
 → 400, 429 → 429 (``Retry-After`` kept), auth/other 4xx and 5xx → 502, 503 → 503, unreachable →
 503, timeout → 504, an answer broken off mid-way → 502.
+
+With ``forward_priority`` a request's ``priority`` (0 highest … 9) is sent as the body field
+``priority``: vLLM's priority scheduling serves lower values first. It is off by default because
+other upstreams (OpenAI among them) refuse fields they do not know.
 """
 
 from __future__ import annotations
@@ -43,9 +47,12 @@ _JSON = {"Content-Type": "application/json"}
 class OpenAIUpstreamBackend:
     """Forwards requests to an OpenAI-compatible HTTP server."""
 
-    def __init__(self, config: InstanceConfig, model_name: str) -> None:
+    def __init__(
+        self, config: InstanceConfig, model_name: str, *, forward_priority: bool = False
+    ) -> None:
         assert config.base_url, "validated by ModelConfig"
         self._config = config
+        self._forward_priority = forward_priority
         self._base_url = config.base_url.rstrip("/")
         self._upstream_model = config.upstream_model or model_name
         self._session: aiohttp.ClientSession | None = None
@@ -158,14 +165,20 @@ class OpenAIUpstreamBackend:
         else:
             body["prompt"] = request.prompt
         params = request.params
-        for name in ("temperature", "top_p", "max_tokens", "seed"):
+        # top_k / repetition_penalty / stop_token_ids are vLLM/SGLang extensions: sent only
+        # when the caller set them, so plain OpenAI bodies stay plain.
+        for name in ("temperature", "top_p", "max_tokens", "seed", "top_k", "repetition_penalty"):
             value = getattr(params, name)
             if value is not None:
                 body[name] = value
         if params.stop:
             body["stop"] = list(params.stop)
+        if params.stop_token_ids:
+            body["stop_token_ids"] = list(params.stop_token_ids)
         if request.user:
             body["user"] = request.user
+        if self._forward_priority and request.priority is not None:
+            body["priority"] = request.priority
         if request.stream:
             body["stream_options"] = {"include_usage": True}
         return body

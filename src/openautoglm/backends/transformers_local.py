@@ -17,12 +17,12 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from openautoglm.backends.base import embeddings_unsupported
 from openautoglm.backends.detokenize import IncrementalDetokenizer
-from openautoglm.config.settings import ConfigError, InstanceConfig
+from openautoglm.backends.hf_model import LoadedModel, load_model
+from openautoglm.config.settings import InstanceConfig
 from openautoglm.core.errors import (
     BackendFailure,
     InvalidRequestError,
@@ -39,25 +39,6 @@ from openautoglm.core.types import (
 )
 
 DEFAULT_MAX_NEW_TOKENS = 256
-
-
-def resolve_weights(config: InstanceConfig) -> tuple[Path, str | None]:
-    """The folder to load from and, for GGUF weights, the file name inside it."""
-    if not config.model_path:
-        raise ConfigError("backend 'transformers' needs model_path")
-    path = Path(config.model_path).expanduser()
-    if path.is_file():
-        return path.parent, path.name
-    if not path.is_dir():
-        raise ConfigError(f"model_path {path} does not exist")
-    if config.gguf_file:
-        if not (path / config.gguf_file).is_file():
-            raise ConfigError(f"gguf_file {config.gguf_file} not found in {path}")
-        return path, config.gguf_file
-    ggufs = sorted(p.name for p in path.glob("*.gguf"))
-    if not (path / "config.json").is_file() and len(ggufs) == 1:
-        return path, ggufs[0]
-    return path, None
 
 
 @dataclass(eq=False, slots=True)
@@ -88,15 +69,14 @@ class _Outcome:
 class _Engine:
     """The loaded model and tokenizer; every method runs in the model thread."""
 
-    def __init__(self, torch: Any, model: Any, tokenizer: Any, context_length: int) -> None:
-        self.torch = torch
-        self.model = model
-        self.tokenizer = tokenizer
-        self.context_length = context_length
-        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
-        eos = model.generation_config.eos_token_id
-        eos = tokenizer.eos_token_id if eos is None else eos
-        self.eos_ids = set(eos) if isinstance(eos, list) else {eos}
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.torch = loaded.torch
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.context_length = loaded.context_length
+        self.has_chat_template = loaded.has_chat_template
+        self.eos_ids = loaded.eos_ids
 
     def run(self, job: _Job) -> _Outcome:
         """Generate for ``job``, posting text deltas and then ``None`` to its queue."""
@@ -142,25 +122,11 @@ class _Engine:
         return _Outcome(prompt_tokens, len(new_ids), finish, cancelled=cancelled)
 
     def _encode(self, request: GenerationRequest) -> tuple[Any, Any]:
-        if request.kind == "chat":
-            messages = [
-                {"role": "system" if m.role == "developer" else m.role, "content": m.text}
-                for m in request.messages
-            ]
-            encoded = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-            )
-        else:
-            encoded = self.tokenizer(request.prompt, return_tensors="pt")
-        input_ids = encoded["input_ids"]
-        if input_ids.shape[-1] == 0:
-            raise InvalidRequestError("the prompt is empty", param="prompt")
-        device = self.model.device
-        return input_ids.to(device), encoded["attention_mask"].to(device)
+        ids = self.torch.tensor([self.loaded.encode(request)], device=self.model.device)
+        return ids, self.torch.ones_like(ids)
 
     def _decode(self, ids: list[int]) -> str:
-        text: str = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return text
+        return self.loaded.decode(ids)
 
     def _generation_config(self, max_new_tokens: int) -> Any:
         config = copy.deepcopy(self.model.generation_config)
@@ -222,31 +188,6 @@ class _Sampler:
         return picked.scatter_(1, chosen, 0.0)
 
 
-def _load(config: InstanceConfig) -> _Engine:
-    try:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise BackendFailure(
-            f"backend 'transformers' needs torch and transformers ({exc.name} is missing): "
-            "install openautoglm[local]"
-        ) from exc
-    folder, gguf_file = resolve_weights(config)
-    options: dict[str, Any] = {"local_files_only": True}
-    if gguf_file is not None:
-        options["gguf_file"] = gguf_file
-    auto_model: Any = AutoModelForCausalLM
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), **options)
-        model = auto_model.from_pretrained(str(folder), **options)
-    except (OSError, ValueError, ImportError) as exc:  # a missing accelerate is a ValueError
-        raise BackendFailure(f"cannot load model from {folder}: {exc}") from exc
-    model.to(config.device).eval()
-    positions = getattr(model.config, "max_position_embeddings", None)
-    context_length = config.context_length or positions or config.n_ctx
-    return _Engine(torch, model, tokenizer, int(context_length))
-
-
 class TransformersBackend:
     """In-process Hugging Face causal LM; one generation uses the model at a time."""
 
@@ -292,7 +233,7 @@ class TransformersBackend:
     async def start(self) -> None:
         if self._engine is not None:
             return
-        engine = await asyncio.to_thread(_load, self._config)
+        engine = _Engine(await asyncio.to_thread(load_model, self._config))
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transformers")
         self._engine = engine
 

@@ -58,7 +58,7 @@ class InstanceConfig(BaseModel):
     )
     max_num_seqs: int = Field(default=32, ge=1, description="sequences decoded per step")
     max_batch_tokens: int = Field(default=512, ge=1, description="tokens computed per step")
-    kv_cache_tokens: int = Field(default=32768, ge=16, description="KV cache size, in tokens")
+    kv_cache_tokens: int = Field(default=16384, ge=16, description="KV cache size, in tokens")
     block_size: int = Field(default=16, ge=1, le=1024, description="KV cache block, in tokens")
     prefix_caching: bool = True
     dtype: DType = "float32"

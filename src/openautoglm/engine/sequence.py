@@ -60,6 +60,7 @@ class SamplingParams:
     seed: int | None = None
     max_tokens: int = 256
     stop_token_ids: frozenset[int] = frozenset()
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
@@ -68,6 +69,8 @@ class SamplingParams:
             raise InvalidRequestError("top_p must be in (0, 1]", param="top_p")
         if self.top_k < 0:
             raise InvalidRequestError("top_k must be >= 0", param="top_k")
+        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
+            raise InvalidRequestError("repetition_penalty must be > 0", param="repetition_penalty")
         if self.max_tokens < 1:
             raise InvalidRequestError("max_tokens must be >= 1", param="max_tokens")
 

@@ -40,6 +40,12 @@ def choose_instance(
     require_inference_role(principal)
     model = authorised_model(catalog, principal, request.model)
     capabilities = model.capabilities
+    if not (capabilities.chat or capabilities.completion):
+        raise InvalidRequestError(
+            f"model '{model.name}' is an embedding model: use /v1/embeddings",
+            code="unsupported_endpoint",
+            param="model",
+        )
     if request.kind == "chat" and not capabilities.chat:
         raise InvalidRequestError(
             f"model '{model.name}' does not support chat completions; use /v1/completions",

@@ -8,6 +8,7 @@ errors. The fake is ``tests.support.fake_upstream``; nothing is mocked.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 
@@ -171,6 +172,42 @@ async def test_unset_params_are_not_sent(
         "stream": False,
         "messages": [{"role": "user", "content": "hi"}],
     }
+
+
+async def test_priority_is_sent_only_when_forwarding_is_asked_for(fake: FakeUpstream) -> None:
+    request = dataclasses.replace(chat(), priority=2)
+    plain = make_backend(fake.base_url)
+    forwarding = OpenAIUpstreamBackend(
+        InstanceConfig(backend="openai", base_url=fake.base_url),
+        SERVED_NAME,
+        forward_priority=True,
+    )
+    for backend in (plain, forwarding):
+        await backend.start()
+        try:
+            await chunks_of(backend, request)
+            await chunks_of(backend, chat())  # no priority of its own: none is sent
+        finally:
+            await backend.close()
+
+    assert [r.body.get("priority") for r in fake.requests] == [None, None, 2, None]
+
+
+async def test_engine_sampling_extensions_are_sent_only_when_set(fake: FakeUpstream) -> None:
+    extended = dataclasses.replace(
+        chat(),
+        params=SamplingParams(top_k=20, repetition_penalty=1.1, stop_token_ids=(7, 9)),
+    )
+    backend = make_backend(fake.base_url)
+    await backend.start()
+    try:
+        await chunks_of(backend, extended)
+        await chunks_of(backend, chat())
+    finally:
+        await backend.close()
+    sent, plain = (r.body for r in fake.requests)
+    assert (sent["top_k"], sent["repetition_penalty"], sent["stop_token_ids"]) == (20, 1.1, [7, 9])
+    assert not {"top_k", "repetition_penalty", "stop_token_ids"} & set(plain)
 
 
 async def test_upstream_model_overrides_the_served_name(fake: FakeUpstream) -> None:

