@@ -87,6 +87,39 @@ def reference(model: Any, prompt_ids: list[list[int]]) -> list[list[int]]:
     return outputs
 
 
+SHORT_PROMPTS = [
+    "1, 2, 3,",
+    "The sky is",
+    "我们今天",
+    "def add(a, b):",
+    "Hello,",
+    "北京是",
+    "Dear team,",
+    "SELECT",
+]
+SHORT_NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def short_ids(model: Any) -> list[list[int]]:
+    return [model.tokenizer(p)["input_ids"] for p in SHORT_PROMPTS]
+
+
+@pytest.fixture(scope="module")
+def short_reference(model: Any, short_ids: list[list[int]]) -> list[list[int]]:
+    outputs = []
+    for ids in short_ids:
+        tokens = torch.tensor([ids])
+        out = model.model.generate(
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=SHORT_NEW_TOKENS,
+            do_sample=False,
+        )
+        outputs.append(out[0, len(ids) :].tolist())
+    return outputs
+
+
 def greedy(max_tokens: int = NEW_TOKENS, **extra: Any) -> SamplingParams:
     return SamplingParams(
         temperature=0, max_tokens=max_tokens, stop_token_ids=frozenset({EOS}), **extra
@@ -155,33 +188,34 @@ def test_shared_prompt_prefix_is_reused_and_stays_exact(
 
 
 def test_tiny_cache_preempts_and_recomputes_64_requests_exactly(
-    model: Any, prompt_ids: list[list[int]], reference: list[list[int]]
+    model: Any, short_ids: list[list[int]], short_reference: list[list[int]]
 ) -> None:
-    new_tokens = 8
+    n = len(SHORT_PROMPTS)
     seqs = [
-        Sequence(f"s{i}", prompt_ids[i % len(PROMPTS)], greedy(new_tokens), priority=i % 3)
+        Sequence(f"s{i}", short_ids[i % n], greedy(SHORT_NEW_TOKENS), priority=i % 3)
         for i in range(64)
     ]
     preempted: list[str] = []
-    # 40 blocks = 640 token slots for 64 requests of up to ~70 tokens each (~4,000 in all).
+    # 16 blocks of 16 = 256 token slots for 64 requests of ~18 tokens each (~1,150 in all).
     scheduler = run(
         model,
         seqs,
-        num_blocks=40,
-        max_num_seqs=32,
+        num_blocks=16,
+        max_num_seqs=64,
         observe=lambda batch: preempted.extend(s.seq_id for s in batch.preempted),
     )
     assert preempted, "the cache was meant to be too small to hold every sequence"
-    assert scheduler.blocks.num_blocks * BLOCK_SIZE == 640
-    expected = [reference[i % len(PROMPTS)][:new_tokens] for i in range(64)]
-    assert [s.output_token_ids for s in seqs] == expected
+    assert scheduler.blocks.num_blocks * BLOCK_SIZE == 256
+    assert [s.output_token_ids for s in seqs] == [short_reference[i % n] for i in range(64)]
 
 
 def test_priority_zero_overtakes_a_full_batch_and_is_never_preempted(
-    model: Any, prompt_ids: list[list[int]]
+    model: Any, short_ids: list[list[int]], short_reference: list[list[int]]
 ) -> None:
-    low = [Sequence(f"low{i}", prompt_ids[i], greedy(), priority=5) for i in range(8)]
-    urgent = Sequence("urgent", prompt_ids[8], greedy(), priority=0)
+    low = [
+        Sequence(f"low{i}", short_ids[i], greedy(SHORT_NEW_TOKENS), priority=5) for i in range(6)
+    ]
+    urgent = Sequence("urgent", short_ids[7], greedy(SHORT_NEW_TOKENS), priority=0)
     started: dict[str, int] = {}
     preempted: list[str] = []
     step = [0]
@@ -192,14 +226,15 @@ def test_priority_zero_overtakes_a_full_batch_and_is_never_preempted(
         preempted.extend(seq.seq_id for seq in batch.preempted)
         step[0] += 1
 
-    # Four slots and a cache with room for about four sequences: the batch is full at step 4.
-    run(model, low, num_blocks=16, max_num_seqs=4, arrivals={4: [urgent]}, observe=observe)
-    queued_low = [s.seq_id for s in low if started[s.seq_id] > 4]
+    # Three slots and room for about three sequences: the batch is full when it arrives.
+    run(model, low, num_blocks=3, max_num_seqs=3, arrivals={2: [urgent]}, observe=observe)
+    queued_low = [s.seq_id for s in low if started[s.seq_id] > 2]
     assert queued_low, "some priority-5 requests were meant to be queued when it arrived"
-    assert started["urgent"] == 4
+    assert started["urgent"] == 2
     assert all(started[seq_id] > started["urgent"] for seq_id in queued_low)
     assert "urgent" not in preempted
-    assert urgent.output_token_ids and urgent.finish_reason is not None
+    assert urgent.output_token_ids == short_reference[7]
+    assert [s.output_token_ids for s in low] == short_reference[:6]
 
 
 def test_seeded_sampling_does_not_depend_on_the_batch(

@@ -130,7 +130,6 @@ class PipelineParallelRunner(ModelRunner):
         num_threads: int,
         num_micro_batches: int = 2,
     ) -> None:
-        torch.set_num_threads(num_threads)
         collective, workers = start_workers(
             world_size, load, num_blocks, block_size, num_threads, target=pipeline_worker_main
         )
@@ -139,12 +138,19 @@ class PipelineParallelRunner(ModelRunner):
         self.num_micro_batches = num_micro_batches
         self.vocab_size = int(model.lm_head.out_features)
         decoder = stage_decoder(model, 0, world_size, num_blocks, block_size)
-        super().__init__(model, num_blocks=num_blocks, block_size=block_size, decoder=decoder)
+        super().__init__(
+            model,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            decoder=decoder,
+            num_threads=num_threads,
+        )
 
     def execute(self, batch: Batch) -> list[int | None]:
         rows = batch.rows
         if not rows:
             return []
+        self.apply_threads()
         parts = micro_batches(batch, self.num_micro_batches)
         steps = [prepare_inputs(part, self.block_size, self.device) for part in parts]
         self.collective.broadcast_step(steps)

@@ -40,8 +40,11 @@ class ModelRunner:
         num_blocks: int,
         block_size: int,
         decoder: PagedDecoder | None = None,
+        num_threads: int | None = None,
     ) -> None:
         check_supported(model.config)
+        # torch's intra-op thread count is per calling thread: applied in the engine's thread.
+        self._num_threads = num_threads
         self.model = model
         self.device = torch.device(model.device)
         self.block_size = block_size
@@ -67,11 +70,18 @@ class ModelRunner:
         rows = batch.rows
         if not rows:
             return []
+        self.apply_threads()
         inputs = prepare_inputs(batch, self.block_size, self.device)
         logits = self._forward(inputs)
         sampling = [row.seq for row in rows if row.samples]
         tokens = iter(self.sampler.sample(logits, sampling))
         return [next(tokens) if row.samples else None for row in rows]
+
+    def apply_threads(self) -> None:
+        """Set torch's thread count for the calling thread (once)."""
+        if self._num_threads is not None:
+            torch.set_num_threads(self._num_threads)
+            self._num_threads = None
 
     def _forward(self, inputs: StepInputs) -> torch.Tensor:
         return self.decoder.logits(inputs)
@@ -102,12 +112,17 @@ class TensorParallelRunner(ModelRunner):
         num_threads: int,
     ) -> None:
         check_supported(model.config)
-        torch.set_num_threads(num_threads)
         collective, workers = start_workers(world_size, load, num_blocks, block_size, num_threads)
         self.collective: Collective = collective
         self.workers = workers
         decoder = build_sharded_decoder(model, collective, num_blocks, block_size)
-        super().__init__(model, num_blocks=num_blocks, block_size=block_size, decoder=decoder)
+        super().__init__(
+            model,
+            num_blocks=num_blocks,
+            block_size=block_size,
+            decoder=decoder,
+            num_threads=num_threads,
+        )
 
     def _forward(self, inputs: StepInputs) -> torch.Tensor:
         self.collective.broadcast_step(inputs)
