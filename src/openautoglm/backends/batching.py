@@ -134,6 +134,17 @@ class BatchingTransformersBackend:
                 f"model '{model_name}': max_batch_tokens ({config.max_batch_tokens}) must be "
                 f">= max_num_seqs ({config.max_num_seqs})"
             )
+        if config.compile:
+            raise ConfigError(
+                f"model '{model_name}': `compile` is not used by the batching engine: on CPU "
+                "torch.compile gave +8% decode speed for a 170 s compile (BENCHMARKS.md), and the "
+                "engine's changing batch shapes would recompile; set `batching: false` to use it"
+            )
+        if config.tensor_parallel_size > 1 and config.quantization != "none":
+            raise ConfigError(
+                f"model '{model_name}': int8 weights cannot be split across tensor-parallel "
+                "ranks yet; use pipeline_parallel_size or quantization: none"
+            )
         if config.pipeline_parallel_size > 1 and config.tensor_parallel_size > 1:
             raise ConfigError(
                 f"model '{model_name}': the built-in engine runs tensor or pipeline "

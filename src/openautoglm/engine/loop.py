@@ -150,6 +150,7 @@ class EngineLoop:
         stats = self.stats
         stats.steps_total += 1
         stats.last_batch_size = len(batch.rows)
+        self._refresh_gauges()  # before any sink hears of this step, so readers see its state
         for row, token in zip(batch.rows, tokens, strict=True):
             if row.is_prefill:
                 stats.prefill_tokens_total += row.num_new_tokens
@@ -163,7 +164,6 @@ class EngineLoop:
             sink = self._sinks.pop(seq.seq_id, None)
             if sink is not None and seq.finish_reason is not None:
                 sink.on_finish(seq.finish_reason)
-        self._refresh_gauges()
 
     def _add(self, seq: Sequence, sink: SequenceSink) -> None:
         try:

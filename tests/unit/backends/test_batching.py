@@ -72,8 +72,16 @@ async def backend() -> AsyncIterator[BatchingTransformersBackend]:
 def test_settings_the_engine_cannot_honour_are_refused() -> None:
     with pytest.raises(ConfigError, match="max_batch_tokens"):
         BatchingTransformersBackend(InstanceConfig(max_num_seqs=64, max_batch_tokens=32), "m")
-    with pytest.raises(ConfigError, match="pipeline parallelism"):
-        BatchingTransformersBackend(InstanceConfig(pipeline_parallel_size=2), "m")
+    with pytest.raises(ConfigError, match="tensor or pipeline"):
+        BatchingTransformersBackend(
+            InstanceConfig(pipeline_parallel_size=2, tensor_parallel_size=2), "m"
+        )
+    with pytest.raises(ConfigError, match="int8 weights"):
+        BatchingTransformersBackend(
+            InstanceConfig(tensor_parallel_size=2, quantization="int8_weight_only"), "m"
+        )
+    with pytest.raises(ConfigError, match="compile"):
+        BatchingTransformersBackend(InstanceConfig(compile=True), "m")
 
 
 def test_batching_false_or_vision_keeps_the_one_at_a_time_backend() -> None:
