@@ -283,3 +283,26 @@ def test_repetition_penalty_matches_generate(model: Any, prompt_ids: list[list[i
     plain = Sequence("plain", ids, greedy())
     run(model, [plain])
     assert plain.output_token_ids != seq.output_token_ids
+
+
+def test_int8_weight_only_engine_matches_generate_on_the_same_weights(
+    prompt_ids: list[list[int]],
+) -> None:
+    from openautoglm.backends.demo import find_demo_gguf
+    from openautoglm.backends.hf_model import load_model
+    from openautoglm.config.settings import InstanceConfig
+    from openautoglm.engine.model.precision import apply_precision
+
+    config = InstanceConfig(backend="transformers", model_path=str(find_demo_gguf()))
+    quantised = load_model(config)
+    apply_precision(quantised.model, "float32", "int8_weight_only", "cpu")
+    expected = []
+    for ids in prompt_ids[:4]:
+        tokens = torch.tensor([ids])
+        out = quantised.model.generate(
+            tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=12, do_sample=False
+        )
+        expected.append(out[0, len(ids) :].tolist())
+    seqs = [Sequence(f"q{i}", ids, greedy(12)) for i, ids in enumerate(prompt_ids[:4])]
+    run(quantised, seqs)
+    assert [s.output_token_ids for s in seqs] == expected
