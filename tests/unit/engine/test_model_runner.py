@@ -47,6 +47,22 @@ PROMPTS = [
 ]
 
 
+def generate_each(model: Any, prompts: list[list[int]], new_tokens: int, **options: Any) -> Any:
+    """Greedy continuations from transformers' own ``generate``, one prompt at a time."""
+    outputs = []
+    for ids in prompts:
+        tokens = torch.tensor([ids])
+        out = model.generate(
+            tokens,
+            attention_mask=torch.ones_like(tokens),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            **options,
+        )
+        outputs.append(out[0, len(ids) :].tolist())
+    return outputs
+
+
 @pytest.fixture(scope="module")
 def model() -> Any:
     from openautoglm.backends.demo import find_demo_gguf
@@ -74,17 +90,7 @@ def prompt_ids(model: Any) -> list[list[int]]:
 @pytest.fixture(scope="module")
 def reference(model: Any, prompt_ids: list[list[int]]) -> list[list[int]]:
     """Greedy continuations from transformers' generate, one prompt at a time."""
-    outputs = []
-    for ids in prompt_ids:
-        tokens = torch.tensor([ids])
-        out = model.model.generate(
-            tokens,
-            attention_mask=torch.ones_like(tokens),
-            max_new_tokens=NEW_TOKENS,
-            do_sample=False,
-        )
-        outputs.append(out[0, len(ids) :].tolist())
-    return outputs
+    return generate_each(model.model, prompt_ids, NEW_TOKENS)
 
 
 SHORT_PROMPTS = [
@@ -107,17 +113,7 @@ def short_ids(model: Any) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def short_reference(model: Any, short_ids: list[list[int]]) -> list[list[int]]:
-    outputs = []
-    for ids in short_ids:
-        tokens = torch.tensor([ids])
-        out = model.model.generate(
-            tokens,
-            attention_mask=torch.ones_like(tokens),
-            max_new_tokens=SHORT_NEW_TOKENS,
-            do_sample=False,
-        )
-        outputs.append(out[0, len(ids) :].tolist())
-    return outputs
+    return generate_each(model.model, short_ids, SHORT_NEW_TOKENS)
 
 
 def greedy(max_tokens: int = NEW_TOKENS, **extra: Any) -> SamplingParams:
@@ -269,17 +265,10 @@ def test_top_k_one_is_greedy(
 
 def test_repetition_penalty_matches_generate(model: Any, prompt_ids: list[list[int]]) -> None:
     ids = prompt_ids[2]
-    tokens = torch.tensor([ids])
-    out = model.model.generate(
-        tokens,
-        attention_mask=torch.ones_like(tokens),
-        max_new_tokens=NEW_TOKENS,
-        do_sample=False,
-        repetition_penalty=1.3,
-    )
+    [expected] = generate_each(model.model, [ids], NEW_TOKENS, repetition_penalty=1.3)
     seq = Sequence("rp", ids, greedy(repetition_penalty=1.3))
     run(model, [seq])
-    assert seq.output_token_ids == out[0, len(ids) :].tolist()
+    assert seq.output_token_ids == expected
     plain = Sequence("plain", ids, greedy())
     run(model, [plain])
     assert plain.output_token_ids != seq.output_token_ids
@@ -296,13 +285,7 @@ def test_int8_weight_only_engine_matches_generate_on_the_same_weights(
     config = InstanceConfig(backend="transformers", model_path=str(find_demo_gguf()))
     quantised = load_model(config)
     apply_precision(quantised.model, "float32", "int8_weight_only", "cpu")
-    expected = []
-    for ids in prompt_ids[:4]:
-        tokens = torch.tensor([ids])
-        out = quantised.model.generate(
-            tokens, attention_mask=torch.ones_like(tokens), max_new_tokens=12, do_sample=False
-        )
-        expected.append(out[0, len(ids) :].tolist())
+    expected = generate_each(quantised.model, prompt_ids[:4], 12)
     seqs = [Sequence(f"q{i}", ids, greedy(12)) for i, ids in enumerate(prompt_ids[:4])]
     run(quantised, seqs)
     assert [s.output_token_ids for s in seqs] == expected

@@ -78,6 +78,12 @@ class ModelShape:
         )
 
 
+def model_dtype(model: Any) -> torch.dtype:
+    """The dtype the model computes in (its first floating-point parameter's)."""
+    dtype: torch.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    return dtype
+
+
 def check_supported(config: Any) -> None:
     """Refuse architectures whose attention the paged pass does not reproduce."""
     model_type = getattr(config, "model_type", "?")

@@ -30,7 +30,13 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from openautoglm.engine.model.forward import KVCache, ModelShape, PagedDecoder, check_supported
+from openautoglm.engine.model.forward import (
+    KVCache,
+    ModelShape,
+    PagedDecoder,
+    check_supported,
+    model_dtype,
+)
 
 _IDLE_TIMEOUT = timedelta(days=30)  # a worker may wait that long for the next step
 _PR_SET_PDEATHSIG = 1
@@ -148,7 +154,7 @@ def build_sharded_decoder(
 ) -> PagedDecoder:
     """Shard ``model`` for ``collective.rank`` and give it a KV cache for its heads only."""
     shape = shard_model(model, collective.rank, collective.world_size)
-    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    dtype = model_dtype(model)
     cache = KVCache.allocate(
         shape.num_layers,
         num_blocks * block_size,
@@ -173,21 +179,31 @@ def die_with_parent() -> None:
         os._exit(0)
 
 
-def worker_main(
-    rank: int,
-    world_size: int,
-    port: int,
-    load: Callable[[], Any],
-    num_blocks: int,
-    block_size: int,
-    num_threads: int,
-) -> None:
-    """A rank other than 0: load, shard, then run each step rank 0 broadcasts until told to stop."""
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What a spawned rank needs (picklable): where to meet, how to load, how big a cache."""
+
+    rank: int
+    world_size: int
+    port: int
+    load: Callable[[], Any]
+    num_blocks: int
+    block_size: int
+    num_threads: int
+
+
+def join_group(spec: WorkerSpec) -> tuple[Any, Collective]:
+    """In a spawned rank: tie its life to the parent, load the model, join the group."""
     die_with_parent()
-    torch.set_num_threads(num_threads)
-    model = load()
-    collective = Collective.connect(rank, world_size, port)
-    decoder = build_sharded_decoder(model, collective, num_blocks, block_size)
+    torch.set_num_threads(spec.num_threads)
+    model = spec.load()
+    return model, Collective.connect(spec.rank, spec.world_size, spec.port)
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """A rank other than 0: load, shard, then run each step rank 0 broadcasts until told to stop."""
+    model, collective = join_group(spec)
+    decoder = build_sharded_decoder(model, collective, spec.num_blocks, spec.block_size)
     while (inputs := collective.broadcast_step(None)) is not None:
         decoder.logits(inputs)
 
@@ -206,7 +222,7 @@ def start_workers(
     workers = [
         context.Process(
             target=target,
-            args=(rank, world_size, port, load, num_blocks, block_size, num_threads),
+            args=(WorkerSpec(rank, world_size, port, load, num_blocks, block_size, num_threads),),
             name=f"tp-rank-{rank}",
             daemon=True,
         )

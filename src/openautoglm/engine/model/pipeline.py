@@ -19,11 +19,18 @@ from typing import Any
 
 import torch
 
-from openautoglm.engine.model.forward import KVCache, ModelShape, PagedDecoder, check_supported
+from openautoglm.engine.model.forward import (
+    KVCache,
+    ModelShape,
+    PagedDecoder,
+    check_supported,
+    model_dtype,
+)
 from openautoglm.engine.model.inputs import StepInputs, prepare_inputs
 from openautoglm.engine.model.parallel import (
     Collective,
-    die_with_parent,
+    WorkerSpec,
+    join_group,
     start_workers,
     stop_workers,
 )
@@ -72,7 +79,7 @@ def stage_decoder(
     for index in range(shape.num_layers):
         if index not in layers:
             model.model.layers[index] = torch.nn.Identity()
-    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    dtype = model_dtype(model)
     cache = KVCache.allocate(
         len(layers),
         num_blocks * block_size,
@@ -85,25 +92,14 @@ def stage_decoder(
 
 
 def _hidden_buffer(model: Any, inputs: StepInputs) -> torch.Tensor:
-    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    return torch.empty((len(inputs.input_ids), model.config.hidden_size), dtype=dtype)
+    return torch.empty((len(inputs.input_ids), model.config.hidden_size), dtype=model_dtype(model))
 
 
-def pipeline_worker_main(
-    rank: int,
-    world_size: int,
-    port: int,
-    load: Callable[[], Any],
-    num_blocks: int,
-    block_size: int,
-    num_threads: int,
-) -> None:
+def pipeline_worker_main(spec: WorkerSpec) -> None:
     """A stage after the first: receive hidden states, run its layers, pass them on."""
-    die_with_parent()
-    torch.set_num_threads(num_threads)
-    model = load()
-    collective = Collective.connect(rank, world_size, port)
-    decoder = stage_decoder(model, rank, world_size, num_blocks, block_size)
+    model, collective = join_group(spec)
+    rank = spec.rank
+    decoder = stage_decoder(model, rank, spec.world_size, spec.num_blocks, spec.block_size)
     to_rank = 0 if decoder.is_last_stage else rank + 1
     while (steps := collective.broadcast_step(None)) is not None:
         pending = []

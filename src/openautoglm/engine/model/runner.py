@@ -13,7 +13,13 @@ from typing import Any
 
 import torch
 
-from openautoglm.engine.model.forward import KVCache, ModelShape, PagedDecoder, check_supported
+from openautoglm.engine.model.forward import (
+    KVCache,
+    ModelShape,
+    PagedDecoder,
+    check_supported,
+    model_dtype,
+)
 from openautoglm.engine.model.inputs import StepInputs, prepare_inputs
 from openautoglm.engine.model.parallel import (
     Collective,
@@ -23,11 +29,6 @@ from openautoglm.engine.model.parallel import (
 )
 from openautoglm.engine.model.sampler import Sampler
 from openautoglm.engine.scheduler import Batch
-
-
-def _dtype(model: Any) -> torch.dtype:
-    dtype: torch.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    return dtype
 
 
 class ModelRunner:
@@ -55,7 +56,7 @@ class ModelRunner:
                 num_blocks * block_size,
                 shape.num_kv_heads,
                 shape.head_dim,
-                _dtype(model),
+                model_dtype(model),
                 self.device,
             )
             decoder = PagedDecoder(model, shape, cache)
