@@ -1,0 +1,1 @@
+"""The model registry: models, versions, their lifecycle and aliases."""
