@@ -44,7 +44,7 @@ from openautoglm.engine.sequence import SamplingParams as EngineSampling
 from openautoglm.engine.sequence import Sequence as EngineSequence
 
 DEFAULT_MAX_NEW_TOKENS = 256
-DEFAULT_PRIORITY = 4
+DEFAULT_PRIORITY = 5  # the gateway scheduler's default class (SchedulerConfig.default_priority)
 
 
 @dataclass(slots=True)
