@@ -25,7 +25,7 @@ from typing import Any
 
 from openautoglm.backends.base import embeddings_unsupported
 from openautoglm.backends.detokenize import IncrementalDetokenizer
-from openautoglm.backends.hf_model import LoadedModel, load_model
+from openautoglm.backends.hf_model import DEFAULT_MAX_NEW_TOKENS, LoadedModel, load_model
 from openautoglm.config.settings import ConfigError, InstanceConfig
 from openautoglm.core.errors import BackendFailure, InvalidRequestError, ServiceUnavailableError
 from openautoglm.core.types import (
@@ -43,7 +43,6 @@ from openautoglm.engine.sequence import FinishReason
 from openautoglm.engine.sequence import SamplingParams as EngineSampling
 from openautoglm.engine.sequence import Sequence as EngineSequence
 
-DEFAULT_MAX_NEW_TOKENS = 256
 DEFAULT_PRIORITY = 5  # the gateway scheduler's default class (SchedulerConfig.default_priority)
 
 

@@ -14,6 +14,8 @@ from openautoglm.config.settings import ConfigError, InstanceConfig
 from openautoglm.core.errors import BackendFailure, InvalidRequestError
 from openautoglm.core.types import GenerationRequest
 
+DEFAULT_MAX_NEW_TOKENS = 256  # when a request sets no max_tokens
+
 
 def resolve_weights(config: InstanceConfig) -> tuple[Path, str | None]:
     """The folder to load from and, for GGUF weights, the file name inside it."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from openautoglm.backends.base import embeddings_unsupported
 from openautoglm.backends.detokenize import IncrementalDetokenizer
-from openautoglm.backends.hf_model import LoadedModel, load_model
+from openautoglm.backends.hf_model import DEFAULT_MAX_NEW_TOKENS, LoadedModel, load_model
 from openautoglm.config.settings import InstanceConfig
 from openautoglm.core.errors import (
     BackendFailure,
@@ -37,8 +37,6 @@ from openautoglm.core.types import (
     GenerationRequest,
     Usage,
 )
-
-DEFAULT_MAX_NEW_TOKENS = 256
 
 
 @dataclass(eq=False, slots=True)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
+from tests.support.local_models import chat, model_test, wait_until
 
 from openautoglm.backends.base import collect
 from openautoglm.backends.batching import BatchingTransformersBackend
@@ -22,33 +21,10 @@ from openautoglm.backends.demo import find_demo_gguf
 from openautoglm.backends.factory import build_backend
 from openautoglm.config.settings import ConfigError, InstanceConfig
 from openautoglm.core.errors import InvalidRequestError, ServiceUnavailableError
-from openautoglm.core.types import GenerationRequest, Message, SamplingParams
+from openautoglm.core.types import GenerationRequest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
-Test = TypeVar("Test", bound=Callable[..., Awaitable[None]])
 KV_TOKENS = 2048
-
-
-def model_test(test: Test) -> Test:
-    marked: Test = pytest.mark.slow(pytest.mark.asyncio(loop_scope="module")(test))
-    return marked
-
-
-def chat(text: str, **params: object) -> GenerationRequest:
-    return GenerationRequest(
-        request_id="r",
-        model="smollm2",
-        kind="chat",
-        messages=(Message(role="user", content=text),),
-        params=SamplingParams(**params),  # type: ignore[arg-type]
-    )
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.01)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

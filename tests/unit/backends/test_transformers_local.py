@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import pytest_asyncio
+from tests.support.local_models import chat, model_test, wait_until
 
 from openautoglm.backends.base import collect
 from openautoglm.backends.demo import find_demo_gguf
@@ -30,23 +30,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 
 CONTEXT_LENGTH = 2048
 COLOURS = "Name three colours."
-Test = TypeVar("Test", bound=Callable[..., Awaitable[None]])
-
-
-def model_test(test: Test) -> Test:
-    """A test on the shared demo model: the module's event loop, marked slow."""
-    marked: Test = pytest.mark.slow(pytest.mark.asyncio(loop_scope="module")(test))
-    return marked
-
-
-def chat(text: str, **params: object) -> GenerationRequest:
-    return GenerationRequest(
-        request_id="r",
-        model="smollm2",
-        kind="chat",
-        messages=(Message(role="user", content=text),),
-        params=SamplingParams(**params),  # type: ignore[arg-type]
-    )
 
 
 def completion(prompt: str, **params: object) -> GenerationRequest:
@@ -57,14 +40,6 @@ def completion(prompt: str, **params: object) -> GenerationRequest:
         prompt=prompt,
         params=SamplingParams(**params),  # type: ignore[arg-type]
     )
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.01)
 
 
 async def max_tick_gap_s(work: Awaitable[object]) -> float:
