@@ -29,10 +29,14 @@ from openautoglm.core.clock import Clock, SystemClock
 from openautoglm.gateway.conversation import Conversations
 from openautoglm.gateway.limiting import RequestLimits
 from openautoglm.gateway.pipeline import Gateway
+from openautoglm.gateway.versions import VersionRouting
 from openautoglm.limits.factory import build_rate_limiter
 from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.policy.lockout import InMemoryViolationCounter, RedisViolationCounter
 from openautoglm.policy.service import PolicyService
+from openautoglm.registry_wiring import Registry, build_registry
+from openautoglm.releases.analysis import VersionTraffic
+from openautoglm.releases.split import TrafficSplit
 from openautoglm.routing.autoscale import run_autoscaler
 from openautoglm.routing.balancers import build_balancer
 from openautoglm.routing.breaker import BreakerSettings
@@ -75,6 +79,7 @@ class Services:
     audit: AuditLog | None = None
     redis: Redis | None = None
     instance_sync: InstanceSync | None = None
+    registry: Registry | None = None
     issued_admin_key: IssuedKey | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -100,6 +105,8 @@ class Services:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
+        if self.registry is not None:
+            await self.registry.close()
         await self.gateway.close()
         await self.catalog.close()
         if self.audit is not None:
@@ -305,6 +312,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         settings.policy.reload_interval_s,
     )
     audit = build_audit_log(settings, engine, clock)
+    split, traffic = TrafficSplit(), VersionTraffic()
     try:
         await policies.refresh()
         await catalog.start()
@@ -343,6 +351,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
             settings.contexts.summary_model,
             policies if settings.policy.enabled else None,
             audit_content=settings.audit.enabled,
+            versions=VersionRouting(split, traffic),
         ),
         contexts=contexts,
         policies=policies,
@@ -358,6 +367,15 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
     )
     await services.instance_sync.refresh()  # the admin API's changes, over the YAML
     services.background.append(asyncio.ensure_future(services.instance_sync.run()))
+    services.registry = await build_registry(
+        settings.registry,
+        engine,
+        clock,
+        audit,
+        catalog,
+        services.gateway,
+        services.drain_and_close,
+    )
     if any(model.resilience.autoscale for model in catalog):
         services.background.append(
             asyncio.ensure_future(run_autoscaler(catalog, services.drain_and_close))

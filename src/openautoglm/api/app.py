@@ -21,7 +21,17 @@ from openautoglm.api.auditing import record_trace
 from openautoglm.api.errors import install_error_handlers
 from openautoglm.api.hot_path import HotPathDispatcher
 from openautoglm.api.middleware import RequestContextMiddleware
-from openautoglm.api.routes import admin, audit, contexts, health, inference, instances, policies
+from openautoglm.api.routes import (
+    admin,
+    audit,
+    contexts,
+    health,
+    inference,
+    instances,
+    policies,
+    registry,
+    releases,
+)
 from openautoglm.config.settings import Settings, load_settings
 from openautoglm.core.clock import Clock
 from openautoglm.core.version import __version__
@@ -119,6 +129,8 @@ def create_app(
     app.include_router(policies.router)
     app.include_router(instances.router)
     app.include_router(audit.router)
+    app.include_router(registry.router)
+    app.include_router(releases.router)
     _install_openapi(app)
     # add_middleware wraps: the last added runs first (request id, then CORS, then hot routes).
     app.add_middleware(HotPathDispatcher, handlers=inference.HOT_HANDLERS)

@@ -37,7 +37,7 @@ def audit_record(trace: CallTrace, status: int, request_id: str) -> AuditRecord:
         role=principal.role.value if principal is not None else None,
         action=trace.action,
         model=trace.model,
-        version=None,  # the model version, once the registry serves versions
+        version=trace.version,
         instance=trace.instance,
         error_code=trace.error_code,
         client_ip=trace.client_ip,

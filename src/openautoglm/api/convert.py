@@ -44,6 +44,13 @@ def _context_id(body: _Sampling, headers: Headers) -> str | None:
     return body.context_id or header
 
 
+def _version(headers: Headers) -> str | None:
+    version = headers.get("x-autoglm-version")
+    if version is not None and not 0 < len(version) <= 100:
+        raise InvalidRequestError("X-AutoGLM-Version must be 1-100 characters", param="version")
+    return version
+
+
 def _require_single_choice(n: int) -> None:
     if n != 1:
         raise InvalidRequestError(
@@ -83,6 +90,7 @@ def chat_request(
         context_id=_context_id(body, headers),
         priority=body.priority,
         deadline_ms=body.deadline_ms,
+        version=_version(headers),
     )
 
 
@@ -110,6 +118,7 @@ def completion_request(
         context_id=_context_id(body, headers),
         priority=body.priority,
         deadline_ms=body.deadline_ms,
+        version=_version(headers),
     )
 
 
@@ -128,4 +137,5 @@ def generate_request(
         context_id=_context_id(body, headers),
         priority=body.priority,
         deadline_ms=body.deadline_ms,
+        version=_version(headers),
     )

@@ -21,8 +21,11 @@ def json_response(payload: Any, headers: dict[str, str] | None = None) -> Respon
 
 
 def model_headers(instance: Instance) -> dict[str, str]:
-    """Which model and instance served a response."""
-    return {"X-AutoGLM-Model": instance.model, "X-AutoGLM-Instance": instance.name}
+    """Which model, instance and (for registry models) version served a response."""
+    headers = {"X-AutoGLM-Model": instance.model, "X-AutoGLM-Instance": instance.name}
+    if instance.version is not None:
+        headers["X-AutoGLM-Version"] = instance.version
+    return headers
 
 
 def usage_dict(usage: Usage) -> dict[str, int]:

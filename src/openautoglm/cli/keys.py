@@ -14,7 +14,7 @@ from openautoglm.cli.common import ConfigOption, err, out, settings_or_exit
 from openautoglm.cli.session import OPERATOR, admin_session, audit_cli_action
 from openautoglm.core.errors import OpenAutoGLMError
 from openautoglm.tenancy.admin import TenancyAdmin
-from openautoglm.tenancy.model import ApiKey, IssuedKey, Role
+from openautoglm.tenancy.model import ApiKey, IssuedKey, Permission, Role
 from openautoglm.tenancy.service import DEFAULT_TENANT
 
 app = typer.Typer(help="Create, list, revoke and rotate API keys.", no_args_is_help=True)
@@ -68,6 +68,10 @@ def create(
     expires_days: Annotated[
         float | None, typer.Option(min=0.001, help="expire after N days")
     ] = None,
+    permission: Annotated[
+        list[Permission] | None,
+        typer.Option(help="a right beyond the role (repeatable), e.g. approve_models"),
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Issue a key; the secret is printed once and never stored."""
@@ -85,6 +89,7 @@ def create(
             allowed_regions=_names(regions),
             limits=limits or None,
             expires_at=expires_at,
+            permissions=frozenset(permission or ()),
         )
 
     _print_secret(run_admin(config, action, "key.created"), tenant)

@@ -78,6 +78,7 @@ class GenerationRequest:
     tenant_id: str | None = None
     priority: int | None = None  # 0 highest ... 9 lowest
     deadline_ms: int | None = None  # the caller's budget, from arrival
+    version: str | None = None  # a registry version asked for (X-AutoGLM-Version), else routed
 
     @property
     def has_images(self) -> bool:

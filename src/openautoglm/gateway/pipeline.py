@@ -51,6 +51,7 @@ from openautoglm.gateway.routing import (
 )
 from openautoglm.gateway.summaries import Summariser
 from openautoglm.gateway.trace import CallTrace, untraced
+from openautoglm.gateway.versions import VersionRouting, instances_of
 from openautoglm.limits.headers import ratelimit_headers
 from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.policy.service import PolicyService
@@ -98,8 +99,10 @@ class Gateway:
         summary_model: str | None = None,
         policies: PolicyService | None = None,
         audit_content: bool = True,
+        versions: VersionRouting | None = None,
     ) -> None:
         self.catalog = catalog
+        self.versions = versions
         self._authenticator = authenticator
         self._metrics = metrics
         self._limits = limits
@@ -157,15 +160,22 @@ class Gateway:
         checked: CheckedInput,
     ) -> OpenStream:
         model = self.catalog.get(request.model)
+        among: list[Instance] | None = None
+        if self.versions is not None:
+            version = self.versions.choose(model, request)
+            among = instances_of(model, version)
+            trace.version = version
         slot = await take_slot(self.catalog, model, principal, request, trace, checked.deadline)
         try:
-            opened = await self._open_on_instances(model, principal, request, trace, checked)
+            opened = await self._open_on_instances(model, principal, request, trace, checked, among)
         except BaseException:
             if slot is not None:
                 slot.release(ok=False)
             raise
         if slot is not None:
             opened.rest = releasing(opened.rest, slot)
+        if self.versions is not None:
+            self.versions.mirror(model, checked.request)
         return opened
 
     async def _open_on_instances(
@@ -175,15 +185,17 @@ class Gateway:
         request: GenerationRequest,
         trace: CallTrace,
         checked: CheckedInput,
+        among: list[Instance] | None = None,
     ) -> OpenStream:
         model.retry_budget.record_request()
+        alternatives = len(model.instances if among is None else among)
         tried: list[Instance] = []
         failed: OpenAutoGLMError | None = None
         while True:
             with trace.stage("route"):
                 try:
                     instance = choose_instance(
-                        self.catalog, principal, request, checked.regions, exclude=tried
+                        self.catalog, principal, request, checked.regions, tried, among
                     )
                 except ServiceUnavailableError:
                     if tried and failed is not None:
@@ -203,7 +215,7 @@ class Gateway:
                     isinstance(exc, OpenAutoGLMError)
                     and failure_class(exc) in INSTANCE_FAILURES
                     and len(tried) + 1 < model.resilience.max_attempts
-                    and len(model.instances) > len(tried) + 1
+                    and alternatives > len(tried) + 1
                     and model.retry_budget.try_retry()
                 ):
                     tried.append(instance)
@@ -269,6 +281,8 @@ class Gateway:
         return instance, embeddings
 
     async def close(self) -> None:
+        if self.versions is not None:
+            await self.versions.close()
         await self._background.drain()
         await self._limits.close()
 
@@ -283,6 +297,9 @@ class Gateway:
     ) -> AsyncGenerator[Chunk, None]:
         started = time.perf_counter()
         outcome, cost, judged = "cancelled", None, False
+        error: BaseException | None = None
+        first_token_s: float | None = None
+        blocked = False
         instance.in_flight += 1
         try:
             counter = _counter_of(instance)
@@ -314,6 +331,8 @@ class Gateway:
                 )
                 try:
                     async for raw in chunks:
+                        if first_token_s is None:
+                            first_token_s = time.perf_counter() - begun
                         if not parts and "first_token" not in trace.stages:
                             trace.add_stage("first_token", begun)
                         if raw.text:
@@ -351,6 +370,7 @@ class Gateway:
                 if trace.content_mode != "none":
                     trace.answer = answer
                 if output.blocked_rule is not None:
+                    blocked = True
                     self.policing.output_blocked(principal, output.blocked_rule)
                 if finish is not None:
                     await turn.store(Completion(answer, finish, cost))
@@ -358,7 +378,7 @@ class Gateway:
                 await turn.release()
             outcome = "ok"
         except OpenAutoGLMError as exc:
-            outcome = exc.code
+            outcome, error = exc.code, exc
             if failure_class(exc) in INSTANCE_FAILURES:
                 self.catalog.get(instance.model).record(instance, ok=False)
                 judged = True
@@ -371,6 +391,8 @@ class Gateway:
             elif not judged:  # cancelled, or refused before the instance was asked
                 instance.breaker.abandon_probe()
             self._metrics.observe(instance, outcome, elapsed, cost)
+            if self.versions is not None and outcome != "cancelled":
+                self.versions.record(instance, error, elapsed, first_token_s, blocked)
 
 
 def _prompt_tokens(request: GenerationRequest, counter: TokenCounter) -> int:

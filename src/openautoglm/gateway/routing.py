@@ -3,9 +3,13 @@ instance serves it (within the caller's allowed regions)."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
-from openautoglm.core.errors import InvalidRequestError, PermissionDeniedError
+from openautoglm.core.errors import (
+    InvalidRequestError,
+    PermissionDeniedError,
+    ServiceUnavailableError,
+)
 from openautoglm.core.types import GenerationRequest
 from openautoglm.routing.catalog import Instance, ModelCatalog, ServedModel, model_not_found
 from openautoglm.tenancy.model import Principal
@@ -34,9 +38,11 @@ def choose_instance(
     request: GenerationRequest,
     policy_regions: tuple[str, ...] | None = None,
     exclude: Collection[Instance] = (),
+    among: Sequence[Instance] | None = None,
 ) -> Instance:
-    """Authorise and validate ``request`` against its model, then pick an instance (in the
-    key's regions and, when a policy names regions, only in those)."""
+    """Authorise and validate ``request`` against its model, then pick an instance (among
+    ``among`` when given — one version's instances —, in the key's regions and, when a policy
+    names regions, only in those)."""
     require_inference_role(principal)
     model = authorised_model(catalog, principal, request.model)
     capabilities = model.capabilities
@@ -61,11 +67,16 @@ def choose_instance(
             code="image_input_not_supported",
             param="messages",
         )
+    if among is not None and not among:
+        raise ServiceUnavailableError(
+            f"model '{model.name}' has no instance of the version this call was routed to",
+            code="no_healthy_instance",
+        )
     if principal.allowed_regions is None and policy_regions is None:
-        return model.pick(key=request.context_id, exclude=exclude)
+        return model.pick(among=among, key=request.context_id, exclude=exclude)
     allowed = [
         i
-        for i in model.instances
+        for i in (model.instances if among is None else among)
         if principal.may_use_region(i.config.region)
         and (policy_regions is None or i.config.region in policy_regions)
     ]

@@ -29,6 +29,7 @@ class CallTrace:
     principal: Principal | None = None
     model: str | None = None
     instance: str | None = None
+    version: str | None = None
     policy_version: str | None = None
     stages: dict[str, float] = field(default_factory=dict)
     decisions: list[Decision] = field(default_factory=list)

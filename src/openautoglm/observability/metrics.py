@@ -166,6 +166,19 @@ class GatewayMetrics:
             ["model", "fallback"],
             registry=self.registry,
         )
+        self._version_requests = Counter(
+            "autoglm_version_requests",
+            "Requests to registry model versions by outcome (ok or an error code)",
+            ["model", "version", "outcome"],
+            registry=self.registry,
+        )
+        self._version_latency = Histogram(
+            "autoglm_version_request_duration_seconds",
+            "Time from routing to the last chunk, per registry model version",
+            ["model", "version"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=self.registry,
+        )
         self.registry.register(_InstanceCollector(instances))
         if models is not None:
             self.registry.register(_SchedulerCollector(models))
@@ -187,6 +200,9 @@ class GatewayMetrics:
         requests, latency, prompt_tokens, completion_tokens = children
         requests.inc()
         latency.observe(duration_s)
+        if instance.version is not None:
+            self._version_requests.labels(instance.model, instance.version, outcome).inc()
+            self._version_latency.labels(instance.model, instance.version).observe(duration_s)
         if usage is not None:
             prompt_tokens.inc(usage.prompt_tokens)
             completion_tokens.inc(usage.completion_tokens)

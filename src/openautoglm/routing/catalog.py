@@ -37,6 +37,7 @@ class Instance:
     backend: Backend
     config: InstanceConfig
     in_flight: int = 0
+    version: str | None = None  # the registry version it serves (None: configured in YAML)
     breaker: CircuitBreaker = field(
         default_factory=lambda: CircuitBreaker(SystemClock()), repr=False
     )
@@ -212,6 +213,24 @@ class ModelCatalog:
         if default_model is not None and default_model not in self._models:
             raise ValueError(f"default model '{default_model}' is not configured")
         self.default_model = default_model or next(iter(self._models), None)
+
+    def add_model(self, model: ServedModel) -> None:
+        """Serve a new model name (the registry's models appear this way)."""
+        if model.name in self._models:
+            raise ConflictError(f"model '{model.name}' is already served", code="model_exists")
+        self._models[model.name] = model
+        if self.default_model is None:
+            self.default_model = model.name
+
+    def remove_model(self, name: str) -> ServedModel:
+        """Stop serving ``name``; its instances are returned for draining."""
+        model = self._models.pop(name)
+        if self.default_model == name:
+            self.default_model = next(iter(self._models), None)
+        return model
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._models
 
     def get(self, name: str | None) -> ServedModel:
         """The model called ``name`` (the default when ``None``), or ``ModelNotFoundError``."""

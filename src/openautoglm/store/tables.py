@@ -51,6 +51,7 @@ api_keys = Table(
     Column("allowed_regions", Text, nullable=True),
     Column("limits", Text, nullable=True),
     Column("created_by", String(64), nullable=True),
+    Column("permissions", Text, nullable=True),  # JSON list (migration 0007), e.g. approve_models
     Index("ix_api_keys_tenant_id", "tenant_id"),
 )
 
@@ -183,4 +184,132 @@ instance_overrides = Table(
     Column("config", Text, nullable=True),
     Column("revision", Integer, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Model registry (migration 0007). A version's ``spec`` is the JSON of the instances that serve
+# it; ``parameters``, ``tags``, ``lineage`` and ``gates`` are JSON objects. ``revision`` grows with
+# every change of a version's state, so two concurrent transitions cannot both win.
+registered_models = Table(
+    "registered_models",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("description", Text, nullable=True),
+    Column("gates", Text, nullable=False),
+    Column("thresholds", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(64), nullable=True),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column(
+        "model",
+        String(200),
+        ForeignKey("registered_models.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("version", String(100), primary_key=True),
+    Column("state", String(32), nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("parameters", Text, nullable=False),
+    Column("tags", Text, nullable=False),
+    Column("lineage", Text, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("created_by", String(64), nullable=True),
+    Column("submitted_by", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("revision", Integer, nullable=False),
+)
+
+model_aliases = Table(
+    "model_aliases",
+    metadata,
+    Column(
+        "model",
+        String(200),
+        ForeignKey("registered_models.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("alias", String(64), primary_key=True),
+    Column("version", String(100), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("updated_by", String(64), nullable=True),
+)
+
+version_transitions = Table(
+    "version_transitions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("from_state", String(32), nullable=False),
+    Column("to_state", String(32), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_version_transitions_model_version", "model", "version", "id"),
+)
+
+validation_runs = Table(
+    "validation_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model", String(200), nullable=False),
+    Column("version", String(100), nullable=False),
+    Column("status", String(16), nullable=False),  # running | passed | failed | error
+    Column("dataset_digest", String(64), nullable=False),
+    Column("total", Integer, nullable=False),
+    Column("done", Integer, nullable=False),
+    Column("metrics", Text, nullable=True),
+    Column("gates", Text, nullable=False),
+    Column("gate_results", Text, nullable=True),
+    Column("results", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("created_by", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_validation_runs_model_version", "model", "version", "created_at"),
+)
+
+# Releases (migration 0007): one active (running or paused) release per model at a time.
+releases = Table(
+    "releases",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model", String(200), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("stable_version", String(100), nullable=False),
+    Column("candidate_version", String(100), nullable=False),
+    Column("steps", Text, nullable=False),
+    Column("interval_s", Integer, nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("shadow", Integer, nullable=False),
+    Column("thresholds", Text, nullable=False),
+    Column("started_by", String(64), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("step_started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("revision", Integer, nullable=False),
+    Index("ix_releases_model_started_at", "model", "started_at"),
+    Index("ix_releases_state", "state"),
+)
+
+# Webhook outbox (migration 0007): a delivery is written in the transaction that made the event,
+# then sent (HMAC-signed) and retried until delivered or out of attempts.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("webhook", String(200), nullable=False),
+    Column("event", String(64), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),  # NULL: done
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_webhook_deliveries_next_attempt_at", "next_attempt_at"),
 )

@@ -14,7 +14,7 @@ from openautoglm.core.errors import ConflictError
 from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.tables import api_keys, tenants
 from openautoglm.store.times import aware
-from openautoglm.tenancy.model import ApiKey, LimitValues, Role, Tenant
+from openautoglm.tenancy.model import ApiKey, LimitValues, Permission, Role, Tenant
 
 
 def _join(names: tuple[str, ...] | None) -> str | None:
@@ -60,6 +60,7 @@ def _key(row: Any) -> ApiKey:
         allowed_regions=_split(row.allowed_regions),
         limits=_load_limits(row.limits),
         created_by=row.created_by,
+        permissions=frozenset(Permission(p) for p in orjson.loads(row.permissions or "[]")),
     )
 
 
@@ -69,6 +70,7 @@ def _key_values(key: ApiKey) -> dict[str, Any]:
         "allowed_models": _join(key.allowed_models),
         "allowed_regions": _join(key.allowed_regions),
         "limits": _dump_limits(key.limits),
+        "permissions": orjson.dumps(sorted(key.permissions)).decode() if key.permissions else None,
         "expires_at": key.expires_at,
         "revoked_at": key.revoked_at,
     }

@@ -21,7 +21,7 @@ from openautoglm.core.errors import InvalidRequestError, NotFoundError, Permissi
 from openautoglm.core.ids import new_object_id
 from openautoglm.limits.model import LimitSpec
 from openautoglm.tenancy.keys import generate_secret, hash_secret, visible_prefix
-from openautoglm.tenancy.model import ApiKey, IssuedKey, Principal, Role, Tenant
+from openautoglm.tenancy.model import ApiKey, IssuedKey, Permission, Principal, Role, Tenant
 from openautoglm.tenancy.ports import TenancyStore
 
 
@@ -117,9 +117,17 @@ class TenancyAdmin:
         allowed_regions: tuple[str, ...] | None = None,
         limits: Mapping[str, int] | None = None,
         expires_at: datetime | None = None,
+        permissions: frozenset[Permission] = frozenset(),
     ) -> IssuedKey:
-        """Create a key; the secret is returned once and never stored."""
+        """Create a key; the secret is returned once and never stored. A key may only be
+        granted permissions its issuer holds."""
         _require_key_manager(actor)
+        missing = sorted(p.value for p in permissions if not actor.holds(p))
+        if missing:
+            raise PermissionDeniedError(
+                f"a key cannot grant permissions it does not hold: {', '.join(missing)}",
+                code="permission_not_held",
+            )
         tenant = await self.get_tenant(actor, tenant_id)
         if role.rank > actor.role.rank:
             raise PermissionDeniedError(
@@ -144,6 +152,7 @@ class TenancyAdmin:
             limits=checked_limits(limits, "limits"),
             expires_at=expires_at,
             created_by=actor.key_id,
+            permissions=permissions,
         )
         await self._store.add_key(key)
         return IssuedKey(secret=secret, key=key)
@@ -185,6 +194,7 @@ class TenancyAdmin:
             allowed_regions=old.allowed_regions,
             limits=old.limits,
             expires_at=old.expires_at,
+            permissions=old.permissions,
         )
         if grace_s > 0:
             ends = self._clock.now() + timedelta(seconds=grace_s)

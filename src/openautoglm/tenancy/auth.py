@@ -164,5 +164,6 @@ class Authenticator:
                 key_prefix=key.prefix,
                 key_limits=key.limits,
                 tenant_limits=tenant.limits,
+                permissions=key.permissions,
             )
         return _Entry(key=key, tenant=tenant, fetched_at=fetched_at, principal=principal)

@@ -12,6 +12,12 @@ from enum import StrEnum
 LimitValues = Mapping[str, int]
 
 
+class Permission(StrEnum):
+    """Rights granted to a key on top of its role (platform admins hold them all)."""
+
+    APPROVE_MODELS = "approve_models"  # approve a model version for deployment (four eyes)
+
+
 class Role(StrEnum):
     """What a key may do. ``platform_admin`` manages tenants; the rest act inside one tenant."""
 
@@ -76,6 +82,7 @@ class ApiKey:
     allowed_regions: tuple[str, ...] | None = None
     limits: LimitValues | None = None
     created_by: str | None = None
+    permissions: frozenset[Permission] = frozenset()
 
     def is_active(self, now: datetime) -> bool:
         """Not revoked and not expired at ``now``."""
@@ -97,6 +104,11 @@ class Principal:
     key_prefix: str = ""
     key_limits: LimitValues | None = None
     tenant_limits: LimitValues | None = None
+    permissions: frozenset[Permission] = frozenset()
+
+    def holds(self, permission: Permission) -> bool:
+        """Whether this key was granted ``permission`` (platform admins hold every one)."""
+        return self.role is Role.PLATFORM_ADMIN or permission in self.permissions
 
     def may_use_model(self, model: str) -> bool:
         return self.allowed_models is None or model in self.allowed_models

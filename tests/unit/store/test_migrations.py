@@ -48,3 +48,22 @@ async def test_replicas_migrating_at_once_on_postgresql_do_not_collide(tmp_path:
         finally:
             for engine in engines:
                 await engine.dispose()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+async def test_migrated_schema_is_exactly_the_tables_module(kind: str, tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from openautoglm.store.tables import metadata
+
+    async with database_url(kind, tmp_path) as url:
+        engine = await open_database(url)
+        try:
+            async with engine.connect() as connection:
+                differences = await connection.run_sync(
+                    lambda sync: compare_metadata(MigrationContext.configure(sync), metadata)
+                )
+        finally:
+            await engine.dispose()
+    assert differences == []

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from openautoglm.api.context import authenticate, services_of, trace_of
 from openautoglm.api.routes.inference import ERRORS
 from openautoglm.tenancy.admin import TenancyAdmin
-from openautoglm.tenancy.model import ApiKey, Principal, Role, Tenant
+from openautoglm.tenancy.model import ApiKey, Permission, Principal, Role, Tenant
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=ERRORS)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
@@ -78,6 +78,9 @@ class KeyCreate(_Body):
     limits: Limits | None = None
     expires_at: datetime | None = None
     expires_in_s: int | None = Field(default=None, ge=1)
+    permissions: list[Permission] = Field(
+        default_factory=list, description="rights beyond the role, e.g. approve_models"
+    )
 
 
 class KeyRotate(_Body):
@@ -100,6 +103,7 @@ class KeyOut(BaseModel):
     expires_at: int | None
     revoked_at: int | None
     created_by: str | None
+    permissions: list[Permission]
     active: bool
 
 
@@ -141,6 +145,7 @@ def key_out(key: ApiKey, request: Request) -> dict[str, Any]:
         expires_at=_unix(key.expires_at),
         revoked_at=_unix(key.revoked_at),
         created_by=key.created_by,
+        permissions=sorted(key.permissions),
         active=key.is_active(now),
     ).model_dump()
 
@@ -196,6 +201,7 @@ async def create_key(
         allowed_regions=tuple(body.allowed_regions) if body.allowed_regions is not None else None,
         limits=body.limits,
         expires_at=expires_at,
+        permissions=frozenset(body.permissions),
     )
     key = issued.key
     trace_of(request).admin_action(

@@ -1,0 +1,1 @@
+"""Canary releases: per-version metrics, threshold analysis and the traffic split."""
