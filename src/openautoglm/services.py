@@ -351,7 +351,7 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
             settings.contexts.summary_model,
             policies if settings.policy.enabled else None,
             audit_content=settings.audit.enabled,
-            versions=VersionRouting(split, traffic),
+            versions=VersionRouting(split, traffic, clock),
         ),
         contexts=contexts,
         policies=policies,

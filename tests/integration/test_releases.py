@@ -295,3 +295,36 @@ def test_a_release_survives_a_restart(tmp_path: Path) -> None:
             assert set(again.values()) == {"v1", "v2"}
     finally:
         second.stop()
+
+
+def test_shadow_traffic_judges_a_candidate_that_no_client_ever_sees(
+    server: RunningServer, people: Team
+) -> None:
+    register(people, "shadowed")
+    deploy(people, "shadowed", "v1", echo_version("live"))
+    deploy(people, "shadowed", "v2", echo_version("shadow", fail_rate=1.0))
+    release = start_release(
+        people,
+        "shadowed",
+        "v2",
+        steps=[10, 100],
+        interval_s=3600,
+        shadow=True,
+        thresholds={"min_requests": 10},
+    )
+    assert (release["step"], release["weight"]) == (-1, 0.0)
+    statuses: Counter[tuple[int, str | None]] = Counter()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        for _ in range(10):
+            response = chat(people.admin, "shadowed")
+            statuses[(response.status_code, response.headers.get("x-autoglm-version"))] += 1
+        # a conversation is never copied: its next turn would see a different history
+        assert chat(people.admin, "shadowed", context_id="talk").status_code == 200
+        if release_state(people, release["id"])["state"] != "running":
+            break
+    final = release_state(people, release["id"])
+    assert final["state"] == "rolled_back", final
+    assert set(statuses) == {(200, "v1")}  # every client got the stable answer
+    assert final["analysis"]["candidate"]["shadow_requests"] >= 10
+    assert final["analysis"]["candidate"]["error_rate"] == 1.0

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from openautoglm.cli import audit, keys, policies, tenants
+from openautoglm.cli import audit, keys, models, policies, releases, tenants
 from openautoglm.cli.common import ConfigOption, err, settings_or_exit
 from openautoglm.core.version import __version__
 
@@ -17,6 +17,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(tenants.app, name="tenants")
 app.add_typer(policies.app, name="policies")
 app.add_typer(audit.app, name="audit")
+app.add_typer(models.app, name="models")
+app.add_typer(releases.app, name="releases")
 
 
 @app.command()

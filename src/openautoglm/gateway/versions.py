@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 
+from openautoglm.core.clock import Clock, SystemClock
 from openautoglm.core.errors import OpenAutoGLMError, ServiceUnavailableError
 from openautoglm.core.types import GenerationRequest
 from openautoglm.gateway.failover import INSTANCE_FAILURES, failure_class
@@ -32,9 +33,12 @@ def serving_versions(model: ServedModel) -> set[str]:
 class VersionRouting:
     """The split, the per-version traffic windows and the shadow copies, for the gateway."""
 
-    def __init__(self, split: TrafficSplit, traffic: VersionTraffic) -> None:
+    def __init__(
+        self, split: TrafficSplit, traffic: VersionTraffic, clock: Clock | None = None
+    ) -> None:
         self.split = split
         self.traffic = traffic
+        self._clock = clock or SystemClock()
         self._shadows: set[asyncio.Task[None]] = set()
 
     def choose(self, model: ServedModel, request: GenerationRequest) -> str | None:
@@ -65,7 +69,7 @@ class VersionRouting:
         failed = error is not None and failure_class(error) in INSTANCE_FAILURES
         if error is not None and not failed:
             return  # refused before the model answered, or cancelled: says nothing of it
-        sample = Sample(time.monotonic(), failed, latency_s, ttft_s, blocked, shadow)
+        sample = Sample(self._clock.monotonic(), failed, latency_s, ttft_s, blocked, shadow)
         self.traffic.record(instance.model, instance.version, sample)
 
     def mirror(self, model: ServedModel, request: GenerationRequest) -> None:

@@ -195,14 +195,14 @@ class Validations:
                 error=str(exc),
                 finished_at=self._clock.now(),
             )
+        if finished.status == "passed":  # before the run reads as finished: no stale state
+            await self._submit(principal, finished)
         await store.update_validation(
             finished, [OutboxEvent("validation.finished", _event(finished))]
         )
         self._registry.record(
             principal.key_id, "validation.finished", run.model, run.version, _event(finished)
         )
-        if finished.status == "passed":
-            await self._submit(principal, finished)
 
     async def _submit(self, principal: Principal, run: ValidationRun) -> None:
         version = await self._registry.version(run.model, run.version)

@@ -346,14 +346,15 @@ def compare_metrics(runs: Sequence[tuple[str, Mapping[str, float]]]) -> list[Com
     """Line up runs' metrics, one row per metric in :data:`METRICS` order.
 
     ``values[i]`` belongs to ``runs[i]`` (None where that run lacks the metric). ``best`` is
-    None when fewer than two runs have a value, and always for ``items``, which is not ranked.
+    None when fewer than two runs have a value, when they are all equal, and always for
+    ``items``, which is not ranked.
     """
     rows: list[ComparisonRow] = []
     for metric in METRICS:
         values = [metrics.get(metric) for _, metrics in runs]
         ranked = [(i, v) for i, v in enumerate(values) if v is not None and not math.isnan(v)]
         best: int | None = None
-        if len(ranked) >= 2 and metric != "items":
+        if len(ranked) >= 2 and metric != "items" and len({v for _, v in ranked}) > 1:
             pick = max if metric in HIGHER_IS_BETTER else min
             best = pick(ranked, key=lambda pair: pair[1])[0]
         rows.append(ComparisonRow(metric, values, best))

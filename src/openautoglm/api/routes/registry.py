@@ -222,6 +222,11 @@ def validation_out(run: ValidationRun, with_results: bool = False) -> Validation
     )
 
 
+def _gates(raw: Gates) -> dict[str, str]:
+    """Gates checked and written one way (``">= 0.8"``)."""
+    return {gate.metric: f"{gate.op} {gate.threshold:g}" for gate in parse_gates(raw)}
+
+
 def _thresholds(raw: dict[str, Any] | None) -> dict[str, Any] | None:
     """Release analysis defaults, checked now and stored as given (merged at release start)."""
     if raw is None:
@@ -232,12 +237,11 @@ def _thresholds(raw: dict[str, Any] | None) -> dict[str, Any] | None:
 
 @router.post("/models", status_code=status.HTTP_201_CREATED, response_model=ModelOut)
 async def register_model(body: ModelCreate, actor: Caller, registry: Reg) -> ModelOut:
-    parse_gates(body.gates)
     model = await registry.service.register_model(
         actor,
         body.name,
         description=body.description,
-        gates={k: str(v) for k, v in body.gates.items()},
+        gates=_gates(body.gates),
         thresholds=_thresholds(body.thresholds),
     )
     return model_out(model, {})
@@ -257,13 +261,11 @@ async def get_model(name: str, _actor: Caller, registry: Reg) -> ModelOut:
 
 @router.patch("/models/{name}", response_model=ModelOut)
 async def update_model(name: str, body: ModelUpdate, actor: Caller, registry: Reg) -> ModelOut:
-    if body.gates is not None:
-        parse_gates(body.gates)
     model = await registry.service.update_model(
         actor,
         name,
         description=body.description,
-        gates={k: str(v) for k, v in body.gates.items()} if body.gates is not None else None,
+        gates=_gates(body.gates) if body.gates is not None else None,
         thresholds=_thresholds(body.thresholds),
     )
     return model_out(model, await registry.service.aliases(name))
