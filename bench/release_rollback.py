@@ -6,7 +6,7 @@ fails) and ``v2`` (the candidate, failing ``--fail-rate`` of its calls). A relea
 at 10% (steps 10,25,50,100, 60 s each) while an open-loop client (aiohttp, its own process)
 sends chat completions at ``--rate`` per second for ``--duration`` seconds.
 
-Two runs, same traffic:
+Two modes, same traffic (``auto`` ``--repeat`` times, the rollback moment varies with the tick):
 
 - ``auto``: the release as shipped: analysis on live metrics, rollback when the threshold is
   crossed;
@@ -19,7 +19,8 @@ held at least 20 requests with more than 5% errors; *time to 100% stable* is fro
 the send time of the last request the candidate served; failed requests are all non-200
 answers.
 
-    python bench/release_rollback.py [--rate 100] [--duration 20] [--fail-rate 0.2] [--json F]
+    python bench/release_rollback.py [--rate 100] [--duration 20] [--fail-rate 0.2] [--repeat 5]
+                                     [--json F]
 """
 
 from __future__ import annotations
@@ -152,10 +153,12 @@ def threshold_crossed_at(outcomes: list[Outcome]) -> float | None:
     return None
 
 
-def run(port: int, admin_key: str, args: argparse.Namespace, auto: bool) -> dict[str, Any]:
+def run(
+    port: int, admin_key: str, args: argparse.Namespace, auto: bool, attempt: int = 0
+) -> dict[str, Any]:
     import httpx
 
-    model = "canary-auto" if auto else "canary-watched"
+    model = f"canary-auto-{attempt}" if auto else "canary-watched"
     operator_key, _ = prepare(port, admin_key, model, args.fail_rate)
     thresholds = (
         {}
@@ -194,15 +197,18 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of traffic per run")
     parser.add_argument("--fail-rate", type=float, default=0.2, help="the candidate's failures")
+    parser.add_argument("--repeat", type=int, default=5, help="runs of the auto mode")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     report: dict[str, Any] = {"command": " ".join(sys.argv), "rows": []}
     with tempfile.TemporaryDirectory(prefix="autoglm-release-") as tmp:
         process, port, admin_key = start_server(Path(tmp))
         try:
-            for auto in (True, False):
-                print(f"run: {'auto' if auto else 'no analysis'}", file=sys.stderr)
-                report["rows"].append(run(port, admin_key, args, auto))
+            for attempt in range(args.repeat):
+                print(f"run: auto {attempt + 1}/{args.repeat}", file=sys.stderr)
+                report["rows"].append(run(port, admin_key, args, True, attempt))
+            print("run: no analysis", file=sys.stderr)
+            report["rows"].append(run(port, admin_key, args, False))
         finally:
             process.terminate()
             process.wait(timeout=20)
@@ -223,9 +229,18 @@ def main() -> int:
             f"{row['failed']:>7} {'-' if crossed is None else f'{crossed:.2f} s':>10} "
             f"{'-' if to_stable is None else f'{to_stable:.2f} s':>10} {row['release_state']:>12}"
         )
-    auto, watched = report["rows"]
-    if auto["failed"]:
-        print(f"failed requests, no analysis / auto: {watched['failed'] / auto['failed']:.1f}x")
+    *autos, watched = report["rows"]
+    times = sorted(row["to_stable_s"] for row in autos if row["to_stable_s"] is not None)
+    failed = sorted(row["failed"] for row in autos)
+    if times:
+        print(
+            f"auto, {len(autos)} runs: to stable max {times[-1]:.2f} s (target <= 5 s), "
+            f"median {times[len(times) // 2]:.2f} s; failed requests median "
+            f"{failed[len(failed) // 2]}, max {failed[-1]}"
+        )
+    if failed[len(failed) // 2]:
+        ratio = watched["failed"] / failed[len(failed) // 2]
+        print(f"failed requests, no analysis / auto (median): {ratio:.1f}x")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

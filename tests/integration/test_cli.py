@@ -132,6 +132,20 @@ def test_keys_create_for_unknown_tenant_fails_cleanly(tmp_path: Path) -> None:
     assert "ghost" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_keys_carry_the_approve_models_permission(tmp_path: Path) -> None:
+    data_dir, config = tmp_path / "data", echo_config(tmp_path)
+    with_config = ["--tenant", "ml", "--config", str(config)]
+    assert run(["tenants", "create", "ml", "--config", str(config)], data_dir).returncode == 0
+    issued = run(
+        ["keys", "create", "--role", "operator", "--permission", "approve_models", *with_config],
+        data_dir,
+    )
+    assert issued.returncode == 0, issued.stderr
+    assert "approve_models" in run(["keys", "list", *with_config], data_dir).stdout
+    bad = run(["keys", "create", "--permission", "rule_everything", *with_config], data_dir)
+    assert bad.returncode == 2 and "rule_everything" in bad.stderr
+
+
 def test_tenants_and_key_lifecycle_from_the_cli(tmp_path: Path) -> None:
     data_dir, config = tmp_path / "data", echo_config(tmp_path)
     created = run(["tenants", "create", "sales", "--rpm", "60", "--config", str(config)], data_dir)

@@ -95,6 +95,15 @@ def test_a_failing_candidate_is_rolled_back_and_clients_see_errors_only_from_its
     assert after and all(status == 200 and version == "v1" for _, status, version in after)
     version = ok(people.admin.get("/v1/registry/models/bad-canary/versions/v2"))
     assert version["state"] == "needs_iteration"
+    assert version["history"][-1]["actor"] == "release-controller"
+    assert version["history"][-1]["reason"] == final["reason"]
+    server.call(server.services.audit.flush())  # type: ignore[union-attr]
+    audit = ok(people.admin.get("/v1/audit/events", params={"model": "bad-canary", "limit": 500}))
+    actions = {e.get("action"): e for e in audit["data"] if e["kind"] == "admin"}
+    assert actions["release.rolled_back"]["key_id"] == "release-controller"
+    assert actions["release.rolled_back"]["detail"]["reason"] == final["reason"]
+    failed_calls = [e for e in audit["data"] if e["kind"] == "request" and e["status"] >= 500]
+    assert failed_calls and {e["version"] for e in failed_calls} == {"v2"}
     assert ok(people.admin.get("/v1/registry/models/bad-canary/aliases")) == {"champion": "v1"}
 
 

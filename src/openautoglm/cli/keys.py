@@ -108,6 +108,7 @@ def list_keys(tenant: TenantOption = DEFAULT_TENANT, config: ConfigOption = None
         "role",
         "name",
         "models",
+        "permissions",
         "expires",
         "state",
     )
@@ -115,7 +116,10 @@ def list_keys(tenant: TenantOption = DEFAULT_TENANT, config: ConfigOption = None
         state = "revoked" if key.revoked_at else "active"
         models = ",".join(key.allowed_models) if key.allowed_models is not None else "*"
         expires = key.expires_at.isoformat(timespec="seconds") if key.expires_at else "-"
-        table.add_row(key.id, key.prefix + "…", key.role.value, key.name, models, expires, state)
+        permissions = ",".join(sorted(key.permissions)) or "-"
+        table.add_row(
+            key.id, key.prefix + "…", key.role.value, key.name, models, permissions, expires, state
+        )
     out.print(table)
 
 

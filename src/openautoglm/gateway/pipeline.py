@@ -51,7 +51,7 @@ from openautoglm.gateway.routing import (
 )
 from openautoglm.gateway.summaries import Summariser
 from openautoglm.gateway.trace import CallTrace, untraced
-from openautoglm.gateway.versions import VersionRouting, instances_of
+from openautoglm.gateway.versions import VersionRouting
 from openautoglm.limits.headers import ratelimit_headers
 from openautoglm.observability.metrics import GatewayMetrics
 from openautoglm.policy.service import PolicyService
@@ -162,9 +162,7 @@ class Gateway:
         model = self.catalog.get(request.model)
         among: list[Instance] | None = None
         if self.versions is not None:
-            version = self.versions.choose(model, request)
-            among = instances_of(model, version)
-            trace.version = version
+            trace.version, among = self.versions.choose(model, request)
         slot = await take_slot(self.catalog, model, principal, request, trace, checked.deadline)
         try:
             opened = await self._open_on_instances(model, principal, request, trace, checked, among)

@@ -41,18 +41,19 @@ class VersionRouting:
         self._clock = clock or SystemClock()
         self._shadows: set[asyncio.Task[None]] = set()
 
-    def choose(self, model: ServedModel, request: GenerationRequest) -> str | None:
-        """The version for this call; None for a model served without versions."""
+    def choose(
+        self, model: ServedModel, request: GenerationRequest
+    ) -> tuple[str | None, list[Instance] | None]:
+        """The version for this call and the instances that may serve it; ``(None, None)`` for a
+        model served without versions (every instance may serve it)."""
+        versioned = any(instance.version is not None for instance in model.instances)
+        if not versioned and request.version is None:
+            return None, None
         serving = serving_versions(model)
-        if not serving and request.version is None:
-            return None
         chosen = self.split.choose(model.name, request.context_id, request.version, serving)
-        if chosen is None:
-            raise ServiceUnavailableError(
-                f"no version of model '{model.name}' is serving traffic yet",
-                code="no_serving_version",
-            )
-        return chosen
+        if chosen is None:  # versions are starting (validation) but none serves traffic yet
+            return None, instances_of(model, None)
+        return chosen, instances_of(model, chosen)
 
     def record(
         self,

@@ -214,19 +214,21 @@ class ReleaseController:
         )
         self.traffic.forget(model, candidate)  # judge the candidate on this release's traffic
         self._active[model] = release
+        self._record(release, "started", actor_of(principal))
         return release
 
     async def pause(self, principal: Principal, release_id: str) -> Release:
         require_writer(principal)
         release = await self._active_release(release_id, ReleaseState.RUNNING)
-        return await self._save(replace(release, state=ReleaseState.PAUSED), "paused")
+        paused = replace(release, state=ReleaseState.PAUSED)
+        return await self._save(paused, "paused", actor_of(principal))
 
     async def resume(self, principal: Principal, release_id: str) -> Release:
         require_writer(principal)
         release = await self._active_release(release_id, ReleaseState.PAUSED)
         # the paused time does not count towards the step
         resumed = replace(release, state=ReleaseState.RUNNING, step_started_at=self._clock.now())
-        return await self._save(resumed, "resumed")
+        return await self._save(resumed, "resumed", actor_of(principal))
 
     async def promote(self, principal: Principal, release_id: str) -> Release:
         """Skip the remaining steps: the candidate becomes the champion now."""
@@ -321,7 +323,7 @@ class ReleaseController:
         advanced = replace(
             release, step_index=release.step_index + 1, step_started_at=self._clock.now()
         )
-        return await self._save(advanced, "advanced")
+        return await self._save(advanced, "advanced", CONTROLLER)
 
     async def _promote(self, release: Release, actor: Actor, reason: str) -> Release:
         finished = await self._end(
@@ -377,18 +379,28 @@ class ReleaseController:
             also=write,
         )
         self._active.pop(release.model, None)
-        logger.info("release %s of %s: %s (%s)", saved.id, saved.model, what, saved.reason or "")
+        self._record(saved, what, actor)
         return saved
 
-    async def _save(self, release: Release, what: str) -> Release:
+    async def _save(self, release: Release, what: str, actor: Actor) -> Release:
         saved = await self.store.update(
             replace(release, revision=release.revision + 1), [_event(release, what)]
         )
         if saved.state.active:
             self._active[saved.model] = saved
             self._route(saved)
-        logger.info("release %s of %s: %s (%s)", saved.id, saved.model, what, saved.reason or "")
+        self._record(saved, what, actor)
         return saved
+
+    def _record(self, release: Release, what: str, actor: Actor) -> None:
+        logger.info("release %s of %s: %s (%s)", release.id, release.model, what, release.reason)
+        self.registry.record(
+            actor.user_id,
+            f"release.{what}",
+            release.model,
+            release.candidate_version,
+            _event(release, what).data,
+        )
 
     async def _active_release(self, release_id: str, state: ReleaseState | None) -> Release:
         release = await self.get(release_id)

@@ -37,7 +37,7 @@ from openautoglm.store.tables import (
     version_transitions,
 )
 from openautoglm.store.times import aware, to_utc
-from openautoglm.store.webhooks_sql import enqueue
+from openautoglm.store.webhooks_sql import OutboxWriter
 
 
 def dumps(value: Any) -> str:
@@ -107,18 +107,7 @@ class SqlRegistryStore:
         notify: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
-        self._webhooks = tuple(webhooks)
-        self._notify = notify  # told after a commit that wrote webhook deliveries
-
-    async def _enqueue(
-        self, connection: AsyncConnection, events: Sequence[OutboxEvent], at: datetime
-    ) -> None:
-        for event in events:
-            await enqueue(connection, self._webhooks, event.event, event.data, at)
-
-    def _wake(self, events: Sequence[OutboxEvent]) -> None:
-        if events and self._webhooks and self._notify is not None:
-            self._notify()
+        self._outbox = OutboxWriter(webhooks, notify)
 
     # models
 
@@ -261,10 +250,10 @@ class SqlRegistryStore:
             )
             if aliases:
                 await _move_aliases(connection, version.model, aliases, moved.actor, moved.at)
-            await self._enqueue(connection, events, moved.at)
+            await self._outbox.write(connection, events, moved.at)
             if also is not None:
                 await also(connection)
-        self._wake(events)
+        self._outbox.committed(events)
         return replace(
             version,
             state=moved.to_state,
@@ -320,8 +309,8 @@ class SqlRegistryStore:
     ) -> None:
         async with write_transaction(self._engine) as connection:
             await _move_aliases(connection, model, moves, actor, at)
-            await self._enqueue(connection, events, at)
-        self._wake(events)
+            await self._outbox.write(connection, events, at)
+        self._outbox.committed(events)
 
     # validation runs
 
@@ -338,8 +327,8 @@ class SqlRegistryStore:
             await connection.execute(
                 update(validation_runs).where(validation_runs.c.id == run.id).values(**values)
             )
-            await self._enqueue(connection, events, run.finished_at or run.created_at)
-        self._wake(events)
+            await self._outbox.write(connection, events, run.finished_at or run.created_at)
+        self._outbox.committed(events)
 
     async def get_validation(self, run_id: str) -> ValidationRun | None:
         async with self._engine.connect() as connection:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 import orjson
@@ -24,7 +23,7 @@ from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.registry_sql import dumps
 from openautoglm.store.tables import releases
 from openautoglm.store.times import aware, to_utc
-from openautoglm.store.webhooks_sql import enqueue
+from openautoglm.store.webhooks_sql import OutboxWriter
 
 _ACTIVE = (ReleaseState.RUNNING.value, ReleaseState.PAUSED.value)
 
@@ -80,20 +79,19 @@ class SqlReleaseStore:
         notify: Callable[[], None] | None = None,
     ) -> None:
         self._engine = engine
-        self._webhooks = tuple(webhooks)
-        self._notify = notify  # told after a commit that wrote webhook deliveries
+        self._outbox = OutboxWriter(webhooks, notify)
 
     @shielded
     async def add(self, release: Release, events: Sequence[OutboxEvent]) -> None:
         async with write_transaction(self._engine) as connection:
             await self.add_in(connection, release, events)
-        self._wake(events)
+        self._outbox.committed(events)
 
     @shielded
     async def update(self, release: Release, events: Sequence[OutboxEvent]) -> Release:
         async with write_transaction(self._engine) as connection:
             await self.update_in(connection, release, events)
-        self._wake(events)
+        self._outbox.committed(events)
         return release
 
     async def add_in(
@@ -114,7 +112,7 @@ class SqlReleaseStore:
                 code="release_active",
             )
         await connection.execute(insert(releases).values(id=release.id, **_values(release)))
-        await self._enqueue(connection, events, release.started_at)
+        await self._outbox.write(connection, events, release.started_at)
 
     async def update_in(
         self, connection: AsyncConnection, release: Release, events: Sequence[OutboxEvent]
@@ -130,17 +128,7 @@ class SqlReleaseStore:
                 f"release {release.id} changed meanwhile; read it again",
                 code="concurrent_change",
             )
-        await self._enqueue(connection, events, release.finished_at or release.step_started_at)
-
-    async def _enqueue(
-        self, connection: AsyncConnection, events: Sequence[OutboxEvent], at: datetime
-    ) -> None:
-        for event in events:
-            await enqueue(connection, self._webhooks, event.event, event.data, at)
-
-    def _wake(self, events: Sequence[OutboxEvent]) -> None:
-        if events and self._webhooks and self._notify is not None:
-            self._notify()
+        await self._outbox.write(connection, events, release.finished_at or release.step_started_at)
 
     async def get(self, release_id: str) -> Release | None:
         async with self._engine.connect() as connection:

@@ -14,7 +14,7 @@ so claims run one after another and the second no longer sees the rows as due.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, get_args
 
@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openautoglm.config.settings import WebhookConfig, WebhookEvent
 from openautoglm.core.ids import new_object_id
+from openautoglm.registry.model import OutboxEvent
 from openautoglm.registry.webhooks import Delivery, envelope, is_subscribed
 from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.tables import webhook_deliveries
@@ -66,6 +67,29 @@ async def enqueue(
     if rows:
         await connection.execute(insert(webhook_deliveries), rows)
     return [row["id"] for row in rows]
+
+
+class OutboxWriter:
+    """What a store needs to announce its changes: the configured webhooks, and who to wake
+    once a transaction that wrote deliveries has committed."""
+
+    def __init__(
+        self, webhooks: Sequence[WebhookConfig] = (), notify: Callable[[], None] | None = None
+    ) -> None:
+        self._webhooks = tuple(webhooks)
+        self._notify = notify
+
+    async def write(
+        self, connection: AsyncConnection, events: Sequence[OutboxEvent], at: datetime
+    ) -> None:
+        """Enqueue every event inside the caller's transaction."""
+        for event in events:
+            await enqueue(connection, self._webhooks, event.event, event.data, at)
+
+    def committed(self, events: Sequence[OutboxEvent]) -> None:
+        """The transaction that wrote ``events`` committed: send now rather than at the poll."""
+        if events and self._webhooks and self._notify is not None:
+            self._notify()
 
 
 def _delivery(row: Any) -> Delivery:
