@@ -32,6 +32,7 @@ from openautoglm.gateway.pipeline import Gateway
 from openautoglm.gateway.versions import VersionRouting
 from openautoglm.limits.factory import build_rate_limiter
 from openautoglm.observability.metrics import GatewayMetrics
+from openautoglm.observability.workflow_metrics import WorkflowMetrics
 from openautoglm.policy.lockout import InMemoryViolationCounter, RedisViolationCounter
 from openautoglm.policy.service import PolicyService
 from openautoglm.registry_wiring import Registry, build_registry
@@ -55,6 +56,7 @@ from openautoglm.tenancy.auth import Authenticator
 from openautoglm.tenancy.key_events import LocalKeyEvents, RedisKeyEvents
 from openautoglm.tenancy.model import IssuedKey
 from openautoglm.tenancy.service import TenancyService
+from openautoglm.workflows_wiring import Workflows, build_workflows
 
 logger = logging.getLogger(__name__)
 ADMIN_KEY_FILE = "admin.key"
@@ -80,6 +82,7 @@ class Services:
     redis: Redis | None = None
     instance_sync: InstanceSync | None = None
     registry: Registry | None = None
+    workflows: Workflows | None = None
     issued_admin_key: IssuedKey | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
     background: list[asyncio.Task[None]] = field(default_factory=list)
@@ -105,6 +108,8 @@ class Services:
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
+        if self.workflows is not None:
+            await self.workflows.close()
         if self.registry is not None:
             await self.registry.close()
         await self.gateway.close()
@@ -376,6 +381,17 @@ async def build_services(settings: Settings, clock: Clock | None = None) -> Serv
         services.gateway,
         services.drain_and_close,
     )
+    if settings.workflows.enabled:
+        services.workflows = await build_workflows(
+            settings.workflows,
+            engine,
+            clock,
+            services.gateway,
+            audit,
+            store,
+            settings.redis_url,
+            WorkflowMetrics(metrics.registry),
+        )
     if any(model.resilience.autoscale for model in catalog):
         services.background.append(
             asyncio.ensure_future(run_autoscaler(catalog, services.drain_and_close))

@@ -17,7 +17,6 @@ from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import Scope
 
-from openautoglm.api.auditing import record_trace
 from openautoglm.api.errors import install_error_handlers
 from openautoglm.api.hot_path import HotPathDispatcher
 from openautoglm.api.middleware import RequestContextMiddleware
@@ -31,10 +30,12 @@ from openautoglm.api.routes import (
     policies,
     registry,
     releases,
+    workflows,
 )
 from openautoglm.config.settings import Settings, load_settings
 from openautoglm.core.clock import Clock
 from openautoglm.core.version import __version__
+from openautoglm.gateway.audit_trail import record_trace
 from openautoglm.gateway.trace import CallTrace
 from openautoglm.services import ADMIN_KEY_FILE, Services, build_services
 
@@ -92,7 +93,7 @@ def _request_finished(scope: Scope, trace: CallTrace, status: int, request_id: s
     services.metrics.observe_stages(
         trace.model, trace.stages, usage.completion_tokens if usage is not None else None
     )
-    record_trace(services, trace, status, request_id)
+    record_trace(services.audit, trace, status, request_id)
 
 
 def create_app(
@@ -131,6 +132,7 @@ def create_app(
     app.include_router(audit.router)
     app.include_router(registry.router)
     app.include_router(releases.router)
+    app.include_router(workflows.router)
     _install_openapi(app)
     # add_middleware wraps: the last added runs first (request id, then CORS, then hot routes).
     app.add_middleware(HotPathDispatcher, handlers=inference.HOT_HANDLERS)

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from openautoglm.config.workflows import WorkflowSettings
+
 BackendKind = Literal["echo", "openai", "llamacpp", "transformers", "vllm", "encoder"]
 DType = Literal["float32", "bfloat16", "float16"]
 Quantization = Literal["none", "int8_weight_only"]
@@ -321,6 +323,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
+    workflows: WorkflowSettings = Field(default_factory=WorkflowSettings)
     models: list[ModelConfig] = Field(default_factory=list)
     default_model: str | None = Field(
         default=None, description="model for requests that name none (default: the first)"

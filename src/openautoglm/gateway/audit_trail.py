@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
+from openautoglm.audit.log import AuditLog
 from openautoglm.audit.model import AuditRecord, ContentMode, content_for
 from openautoglm.gateway.trace import CallTrace
 from openautoglm.policy.masking import mask_pii
-
-if TYPE_CHECKING:
-    from openautoglm.services import Services
 
 logger = logging.getLogger(__name__)
 
@@ -71,11 +69,11 @@ def _content(mode: ContentMode, text: str | None) -> str | None:
     return content_for(mode, text, mask_pii(text) if mode == "masked" else None)
 
 
-def record_trace(services: Services | None, trace: CallTrace, status: int, request_id: str) -> None:
+def record_trace(audit: AuditLog | None, trace: CallTrace, status: int, request_id: str) -> None:
     """Queue the audit event of a request that reached authentication."""
-    if services is None or services.audit is None or not trace.authenticated:
+    if audit is None or not trace.authenticated:
         return
     try:
-        services.audit.record(audit_record(trace, status, request_id))
+        audit.record(audit_record(trace, status, request_id))
     except Exception:
         logger.exception("could not queue the audit event of request %s", request_id)

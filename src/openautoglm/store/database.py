@@ -64,6 +64,16 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 _SQLITE_WRITERS: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
+def writer_lock(engine: AsyncEngine) -> asyncio.Lock | None:
+    """This process's SQLite writer lock for ``engine`` (None on other databases)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    gate = _SQLITE_WRITERS.get(engine.sync_engine)
+    if gate is None:
+        gate = _SQLITE_WRITERS[engine.sync_engine] = asyncio.Lock()
+    return gate
+
+
 @asynccontextmanager
 async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A transaction that writes. On SQLite, this process's writers take turns.
@@ -73,13 +83,11 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
     Queueing them in-process first keeps the file lock short and the wait fair. (Several
     processes on one SQLite file still meet at the busy timeout; clusters use PostgreSQL.)
     """
-    if engine.dialect.name != "sqlite":
+    gate = writer_lock(engine)
+    if gate is None:
         async with engine.begin() as connection:
             yield connection
         return
-    gate = _SQLITE_WRITERS.get(engine.sync_engine)
-    if gate is None:
-        gate = _SQLITE_WRITERS[engine.sync_engine] = asyncio.Lock()
     async with gate, engine.begin() as connection:
         yield connection
 

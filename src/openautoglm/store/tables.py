@@ -313,3 +313,66 @@ webhook_deliveries = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_webhook_deliveries_next_attempt_at", "next_attempt_at"),
 )
+
+# Workflows (migration 0008). A definition is stored as JSON, one row per version; a run keeps
+# the version it started with. ``dedupe_key`` makes triggers idempotent (one run per event).
+workflow_definitions = Table(
+    "workflow_definitions",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("document", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(64), nullable=True),
+)
+
+workflow_runs = Table(
+    "workflow_runs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("workflow", String(200), nullable=False),
+    Column("workflow_version", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("inputs", Text, nullable=False),
+    Column("outputs", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("priority", Integer, nullable=False),
+    Column("deadline", DateTime(timezone=True), nullable=True),
+    Column("trigger", String(200), nullable=False),
+    Column("dedupe_key", String(300), nullable=True, unique=True),
+    Column("created_by", String(64), nullable=True),
+    Column("tenant_id", String(64), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_workflow_runs_state", "state"),
+    Index("ix_workflow_runs_workflow_created_at", "workflow", "created_at"),
+)
+
+workflow_tasks = Table(
+    "workflow_tasks",
+    metadata,
+    Column(
+        "run_id",
+        String(64),
+        ForeignKey("workflow_runs.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("task_id", String(200), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("error_class", String(32), nullable=True),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("logs", Text, nullable=True),
+)
+
+workflow_schedules = Table(
+    "workflow_schedules",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("last_fire_at", DateTime(timezone=True), nullable=False),
+)

@@ -1,0 +1,1 @@
+"""Durable DAG workflows of LLM, HTTP and Python tasks."""
