@@ -141,13 +141,22 @@ def test_a_thousand_stream_messages_with_a_crash_in_the_middle_start_a_thousand_
     stream = f"autoglm-test-{uuid.uuid4().hex[:8]}"
     port = free_port()
     workflows = {
-        "redis_streams": [{"stream": stream, "workflow": "ingest", "url": REDIS_URL, "claim_idle_ms": 300}],
+        "redis_streams": [
+            {"stream": stream, "workflow": "ingest", "url": REDIS_URL, "claim_idle_ms": 300}
+        ],
     }
     config = write_config(tmp_path, port, workflows)
     definition = {
         "name": "ingest",
         "inputs": {"n": {"type": "integer"}},
-        "tasks": [{"id": "note", "type": "python", "callable": "tests.support.effects:noop", "args": {"n": "{{ inputs.n }}"}}],
+        "tasks": [
+            {
+                "id": "note",
+                "type": "python",
+                "callable": "tests.support.effects:noop",
+                "args": {"n": "{{ inputs.n }}"},
+            }
+        ],
     }
     try:
         with serving(config, port) as server:

@@ -39,6 +39,14 @@ from openautoglm.sdk.errors import error_from_transport
 from openautoglm.sdk.retry import Retrier, RetryPolicy
 from openautoglm.sdk.streaming import AsyncGenerationStream
 from openautoglm.sdk.types import ChatMessages, ChatResult, Generation
+from openautoglm.sdk.workflows import (
+    build_start_run_request,
+    cancel_run_request,
+    check_wait,
+    get_run_request,
+    next_poll_s,
+    parse_run,
+)
 
 
 class AsyncGLMClient:
@@ -80,6 +88,8 @@ class AsyncGLMClient:
             now=_now or time.time,
         )
         self._sleep = _sleep or anyio.sleep
+        # wait_run measures on a clock that never jumps (or on the fake clock a test injects).
+        self._monotonic = _now or time.monotonic
         self._owns_http = http_client is None
         self._http = http_client if http_client is not None else httpx.AsyncClient()
 
@@ -284,6 +294,53 @@ class AsyncGLMClient:
     async def models(self) -> list[str]:
         """The ids of the models this key may use (``GET /v1/models``)."""
         return parse_model_ids(*await self._fetch_json(MODELS_REQUEST))
+
+    async def start_run(
+        self,
+        workflow: str,
+        inputs: Mapping[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        deadline_s: float | None = None,
+        dedupe_key: str | None = None,
+    ) -> dict[str, Any]:
+        """Start a run of ``workflow`` (``POST /v1/workflows/{name}/runs``); the new run.
+
+        ``priority`` is 0 (highest) to 9; ``deadline_s`` asks the run to finish within that many
+        seconds; with ``dedupe_key`` at most one run starts per key (a repeat gets that run).
+        """
+        request = build_start_run_request(
+            workflow, inputs, priority=priority, deadline_s=deadline_s, dedupe_key=dedupe_key
+        )
+        return parse_run(*await self._fetch_json(request))
+
+    async def get_run(self, run_id: str) -> dict[str, Any]:
+        """A run with its tasks: states, attempts, outputs, errors (``GET /v1/runs/{id}``)."""
+        return parse_run(*await self._fetch_json(get_run_request(run_id)))
+
+    async def wait_run(
+        self, run_id: str, timeout_s: float = 600, poll_s: float = 0.5
+    ) -> dict[str, Any]:
+        """Poll the run every ``poll_s`` until it succeeded, failed or was cancelled; that run.
+
+        Raises :class:`APITimeoutError` when it is still going after ``timeout_s``.
+        """
+        check_wait(timeout_s, poll_s)
+        deadline = self._monotonic() + timeout_s
+        while True:
+            run = await self.get_run(run_id)
+            left_s = deadline - self._monotonic()
+            delay_s = next_poll_s(run, left_s=left_s, poll_s=poll_s, timeout_s=timeout_s)
+            if delay_s is None:
+                return run
+            await self._sleep(delay_s)
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any]:
+        """Cancel an unfinished run (``POST /v1/runs/{id}/cancel``); the run, now cancelled.
+
+        A run that already finished is refused with :class:`ConflictError`.
+        """
+        return parse_run(*await self._fetch_json(cancel_run_request(run_id)))
 
     async def close(self) -> None:
         """Release pooled connections (unless the ``http_client`` was passed in)."""

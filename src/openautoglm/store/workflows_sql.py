@@ -8,17 +8,16 @@ the first delivery created.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from openautoglm.store.database import shielded, write_transaction, writer_lock
+from openautoglm.store.database import shielded, write_transaction
 from openautoglm.store.tables import (
     workflow_definitions,
     workflow_runs,
@@ -26,102 +25,15 @@ from openautoglm.store.tables import (
     workflow_tasks,
 )
 from openautoglm.store.times import aware, to_utc
-from openautoglm.workflows.model import Run, RunState, TaskRun, TaskState
-
-
-def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else orjson.loads(text)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    return None if moment is None else to_utc(moment)
-
-
-def _run_values(run: Run) -> dict[str, Any]:
-    return {
-        "workflow": run.workflow,
-        "workflow_version": run.workflow_version,
-        "state": run.state.value,
-        "inputs": _json(dict(run.inputs)),
-        "outputs": None if run.outputs is None else _json(dict(run.outputs)),
-        "error": run.error,
-        "priority": run.priority,
-        "deadline": _utc(run.deadline),
-        "trigger": run.trigger,
-        "dedupe_key": run.dedupe_key,
-        "created_by": run.created_by,
-        "tenant_id": run.tenant_id,
-        "created_at": to_utc(run.created_at),
-        "started_at": _utc(run.started_at),
-        "finished_at": _utc(run.finished_at),
-    }
-
-
-def _run(row: Any) -> Run:
-    return Run(
-        id=row.id,
-        workflow=row.workflow,
-        workflow_version=row.workflow_version,
-        state=RunState(row.state),
-        inputs=orjson.loads(row.inputs),
-        created_at=aware(row.created_at),
-        priority=row.priority,
-        deadline=aware(row.deadline),
-        trigger=row.trigger,
-        dedupe_key=row.dedupe_key,
-        created_by=row.created_by,
-        tenant_id=row.tenant_id,
-        outputs=_loads(row.outputs),
-        error=row.error,
-        started_at=aware(row.started_at),
-        finished_at=aware(row.finished_at),
-    )
-
-
-def _task_values(task: TaskRun) -> dict[str, Any]:
-    return {
-        "state": task.state.value,
-        "attempts": task.attempts,
-        "output": None if task.output is None else _json(task.output),
-        "error": task.error,
-        "error_class": task.error_class,
-        "started_at": _utc(task.started_at),
-        "finished_at": _utc(task.finished_at),
-        "next_attempt_at": _utc(task.next_attempt_at),
-        "logs": _json(list(task.logs)) if task.logs else None,
-    }
-
-
-def _task(row: Any) -> TaskRun:
-    return TaskRun(
-        run_id=row.run_id,
-        task_id=row.task_id,
-        state=TaskState(row.state),
-        attempts=row.attempts,
-        output=_loads(row.output),
-        error=row.error,
-        error_class=row.error_class,
-        started_at=aware(row.started_at),
-        finished_at=aware(row.finished_at),
-        next_attempt_at=aware(row.next_attempt_at),
-        logs=tuple(_loads(row.logs) or ()),
-    )
-
-
-_UPDATE_TASK = (
-    update(workflow_tasks)
-    .where(
-        and_(
-            workflow_tasks.c.run_id == bindparam("b_run_id"),
-            workflow_tasks.c.task_id == bindparam("b_task_id"),
-        )
-    )
-    .values({name: bindparam(name) for name in _task_values(TaskRun("", "", TaskState.PENDING))})
+from openautoglm.store.workflow_rows import (
+    json_text,
+    run_from_row,
+    run_values,
+    task_from_row,
+    task_values,
 )
+from openautoglm.store.workflow_writer import writer_for
+from openautoglm.workflows.model import Run, RunState, TaskRun
 
 
 class SqlWorkflowStore:
@@ -129,7 +41,7 @@ class SqlWorkflowStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._writer: AsyncConnection | None = None
+        self._writer = writer_for(engine)
 
     # definitions
 
@@ -148,7 +60,7 @@ class SqlWorkflowStore:
                 insert(workflow_definitions).values(
                     name=name,
                     version=version,
-                    document=_json(dict(document)),
+                    document=json_text(dict(document)),
                     created_at=to_utc(datetime.now().astimezone()),
                     created_by=actor,
                 )
@@ -186,14 +98,12 @@ class SqlWorkflowStore:
     async def create_run(self, run: Run, tasks: Sequence[TaskRun]) -> Run:
         try:
             async with write_transaction(self._engine) as connection:
-                await connection.execute(
-                    insert(workflow_runs).values(id=run.id, **_run_values(run))
-                )
+                await connection.execute(insert(workflow_runs).values(id=run.id, **run_values(run)))
                 if tasks:
                     await connection.execute(
                         insert(workflow_tasks),
                         [
-                            {"run_id": t.run_id, "task_id": t.task_id, **_task_values(t)}
+                            {"run_id": t.run_id, "task_id": t.task_id, **task_values(t)}
                             for t in tasks
                         ],
                     )
@@ -218,57 +128,12 @@ class SqlWorkflowStore:
     async def apply_many(
         self, runs: Sequence[Run], tasks: Sequence[TaskRun], new_tasks: Sequence[TaskRun]
     ) -> None:
-        """Several runs' and tasks' changes in one transaction (new task runs first).
-
-        The executor writes several times per task, so these transactions run on one held
-        connection (no pool checkout and reset each time); a broken one is replaced once."""
-        gate = writer_lock(self._engine)
-        async with gate if gate is not None else contextlib.nullcontext():
-            try:
-                await self._write(runs, tasks, new_tasks)
-            except (DBAPIError, OSError):
-                await self._drop_writer()
-                await self._write(runs, tasks, new_tasks)
-
-    async def _write(
-        self, runs: Sequence[Run], tasks: Sequence[TaskRun], new_tasks: Sequence[TaskRun]
-    ) -> None:
-        if self._writer is None:
-            self._writer = await self._engine.connect()
-        connection = self._writer
-        async with connection.begin():
-            for run in runs:
-                await connection.execute(
-                    update(workflow_runs)
-                    .where(workflow_runs.c.id == run.id)
-                    .values(**_run_values(run))
-                )
-            if new_tasks:
-                await connection.execute(
-                    insert(workflow_tasks),
-                    [
-                        {"run_id": t.run_id, "task_id": t.task_id, **_task_values(t)}
-                        for t in new_tasks
-                    ],
-                )
-            if tasks:
-                await connection.execute(
-                    _UPDATE_TASK,
-                    [
-                        {"b_run_id": t.run_id, "b_task_id": t.task_id, **_task_values(t)}
-                        for t in tasks
-                    ],
-                )
-
-    async def _drop_writer(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            with contextlib.suppress(Exception):
-                await writer.close()
+        """Several runs' and tasks' changes in one transaction (new task runs first)."""
+        await self._writer.write(runs, tasks, new_tasks)
 
     async def close(self) -> None:
-        """Give the held connection back (before the engine is disposed)."""
-        await self._drop_writer()
+        """Release the writer's connection (before the engine is disposed)."""
+        await self._writer.close()
 
     async def get_run(self, run_id: str) -> Run | None:
         return await self._run_where(workflow_runs.c.id == run_id)
@@ -276,24 +141,30 @@ class SqlWorkflowStore:
     async def _run_where(self, condition: Any) -> Run | None:
         async with self._engine.connect() as connection:
             row = (await connection.execute(select(workflow_runs).where(condition))).first()
-        return None if row is None else _run(row)
+        return None if row is None else run_from_row(row)
 
     async def tasks(self, run_id: str) -> list[TaskRun]:
         query = select(workflow_tasks).where(workflow_tasks.c.run_id == run_id)
         async with self._engine.connect() as connection:
-            return [_task(row) for row in await connection.execute(query)]
+            return [task_from_row(row) for row in await connection.execute(query)]
 
     async def runs(
-        self, workflow: str | None = None, state: RunState | None = None, limit: int = 100
+        self,
+        workflow: str | None = None,
+        state: RunState | None = None,
+        limit: int = 100,
+        tenant_id: str | None = None,
     ) -> list[Run]:
         query = select(workflow_runs)
+        if tenant_id is not None:
+            query = query.where(workflow_runs.c.tenant_id == tenant_id)
         if workflow is not None:
             query = query.where(workflow_runs.c.workflow == workflow)
         if state is not None:
             query = query.where(workflow_runs.c.state == state.value)
         query = query.order_by(workflow_runs.c.created_at.desc(), workflow_runs.c.id).limit(limit)
         async with self._engine.connect() as connection:
-            return [_run(row) for row in await connection.execute(query)]
+            return [run_from_row(row) for row in await connection.execute(query)]
 
     async def unfinished_runs(self) -> list[Run]:
         query = (
@@ -302,7 +173,7 @@ class SqlWorkflowStore:
             .order_by(workflow_runs.c.created_at)
         )
         async with self._engine.connect() as connection:
-            return [_run(row) for row in await connection.execute(query)]
+            return [run_from_row(row) for row in await connection.execute(query)]
 
     # the cron scheduler's state
 

@@ -19,9 +19,8 @@ import asyncio
 import heapq
 import itertools
 import logging
-import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -29,39 +28,12 @@ from openautoglm.core.clock import Clock
 from openautoglm.workflows.commits import GroupCommit
 from openautoglm.workflows.definition import TaskSpec, WorkflowSpec
 from openautoglm.workflows.flow import Flow
+from openautoglm.workflows.live import LiveRun, Settled, Timers
 from openautoglm.workflows.model import Run, RunState, TaskRun, TaskState, WorkflowStore
 from openautoglm.workflows.runners import TaskFailure, TaskRunners
 
 logger = logging.getLogger(__name__)
 TaskObserver = Callable[[Run, TaskRun, float | None], None]
-
-
-@dataclass
-class Settled:
-    """Changes a worker still has to commit, and the tasks they make ready (released only
-    after the commit); ``end``: the run ended with these changes."""
-
-    live: LiveRun
-    writes: list[TaskRun]
-    ready: list[str]
-    end: bool = False
-
-
-@dataclass
-class LiveRun:
-    """A run the executor holds in memory while it is unfinished."""
-
-    run: Run
-    flow: Flow
-    tasks: dict[str, TaskRun]
-    running: dict[str, asyncio.Task[Settled | None]] = field(default_factory=dict)
-    map_in_flight: dict[str, int] = field(default_factory=dict)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def order(self) -> tuple[int, float]:
-        deadline = self.run.deadline.timestamp() if self.run.deadline else math.inf
-        return self.run.priority, deadline
 
 
 class Executor:
@@ -83,7 +55,7 @@ class Executor:
         self._observe = observe
         self._live: dict[str, LiveRun] = {}
         self._ready: list[tuple[int, float, int, str, str]] = []
-        self._delayed: list[tuple[datetime, int, str, str]] = []
+        self._timers = Timers()
         self._seq = itertools.count()
         self._wakeup = asyncio.Condition()
         self._loops: list[asyncio.Task[None]] = []
@@ -145,6 +117,8 @@ class Executor:
         for task in live.tasks.values():
             if task.state is TaskState.RETRYING and task.next_attempt_at is not None:
                 self._delay(live, task.task_id, task.next_attempt_at)
+            elif task.state is TaskState.WAITING:
+                self._arm_approval(live, task)
         await self._commit(live, self._settle(live, [], scan_all=True))
 
     # the workers
@@ -306,6 +280,7 @@ class Executor:
             waiting = replace(task, state=TaskState.WAITING)
             live.tasks[task.task_id] = waiting
             await self._commits.apply(None, [waiting])
+            self._arm_approval(live, waiting)
             return None, TaskState.RUNNING
         inner = flow.item_spec(spec) if flow.is_item(task.task_id) else spec
         output = await self._runners.run(inner.type, inner.config, context)
@@ -382,17 +357,38 @@ class Executor:
 
     # time
 
+    def _arm_approval(self, live: LiveRun, task: TaskRun) -> None:
+        timeout_s = live.flow.spec_of(task.task_id).timeout_s
+        if timeout_s is not None and task.started_at is not None:
+            at = task.started_at + timedelta(seconds=timeout_s)
+            self._timers.approval_until(at, live.run.id, task.task_id)
+
+    async def _expire_approvals(self, now: datetime) -> None:
+        for run_id, task_id in self._timers.due_approvals(now):
+            live = self._live.get(run_id)
+            task = live.tasks.get(task_id) if live is not None else None
+            if live is None or task is None or task.state is not TaskState.WAITING:
+                continue
+            spec = live.flow.spec_of(task_id)
+            expired = replace(
+                task,
+                state=TaskState.FAILED,
+                error=f"no decision within {spec.timeout_s:g} s",
+                error_class="timeout",
+                finished_at=now,
+            )
+            live.tasks[task_id] = expired
+            await self._commit(live, self._settle(live, [expired]))
+
     def _delay(self, live: LiveRun, task_id: str, at: datetime) -> None:
-        heapq.heappush(self._delayed, (at, next(self._seq), live.run.id, task_id))
+        self._timers.retry_at(at, live.run.id, task_id)
 
     async def _timer(self) -> None:
         while True:
             await asyncio.sleep(0.02)
             now = self._clock.now()
-            due: list[tuple[str, str]] = []
-            while self._delayed and self._delayed[0][0] <= now:
-                _, _, run_id, task_id = heapq.heappop(self._delayed)
-                due.append((run_id, task_id))
+            await self._expire_approvals(now)
+            due = self._timers.due_retries(now)
             for run_id, task_id in due:
                 live = self._live.get(run_id)
                 if live is None or live.tasks[task_id].state is not TaskState.RETRYING:

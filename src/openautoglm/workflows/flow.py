@@ -22,7 +22,7 @@ from typing import Any
 
 from openautoglm.workflows.definition import TaskSpec, WorkflowSpec
 from openautoglm.workflows.model import Run, RunState, TaskRun, TaskState
-from openautoglm.workflows.runners import TaskContext, TaskFailure
+from openautoglm.workflows.runners import TaskContext, TaskFailure, TaskOutputs
 from openautoglm.workflows.templates import TemplateError, evaluate, render_value
 
 _ITEM = re.compile(r"^(?P<map>.+)\[(?P<index>\d+)\]$")
@@ -208,10 +208,7 @@ class Flow:
     def _all_finished(self, tasks: dict[str, TaskRun]) -> bool:
         # Cheap most of the time: the spec order puts late tasks last, so an unfinished one
         # is usually found at once when scanning backwards.
-        for task_id in reversed(tasks):
-            if not tasks[task_id].state.finished:
-                return False
-        return True
+        return all(tasks[task_id].state.finished for task_id in reversed(tasks))
 
     def dependents_of(self, task_ids: Iterable[str]) -> list[str]:
         """The direct dependents of ``task_ids`` (an item's are its map's)."""
@@ -281,7 +278,7 @@ class Flow:
             outcome.run_state = RunState.FAILED
             outcome.error = "; ".join(f"task {t.task_id} failed: {t.error}" for t in failed)
             return
-        outputs = {task_id: {"output": t.output} for task_id, t in tasks.items()}
+        outputs = TaskOutputs(_Succeeded(tasks, self._specs))  # skipped tasks are undefined
         variables = {"inputs": dict(run.inputs), "tasks": outputs, "run": {"id": run.id}}
         try:
             outcome.outputs = dict(render_value(dict(self.spec.outputs), variables))

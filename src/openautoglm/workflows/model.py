@@ -139,8 +139,14 @@ class WorkflowStore(Protocol):
     async def tasks(self, run_id: str) -> list[TaskRun]: ...
 
     async def runs(
-        self, workflow: str | None = None, state: RunState | None = None, limit: int = 100
-    ) -> list[Run]: ...
+        self,
+        workflow: str | None = None,
+        state: RunState | None = None,
+        limit: int = 100,
+        tenant_id: str | None = None,
+    ) -> list[Run]:
+        """Newest first; ``tenant_id``: only that tenant's runs."""
+        ...
 
     async def unfinished_runs(self) -> list[Run]: ...
 

@@ -140,7 +140,15 @@ class WorkflowService:
         run = await self.run(run_id)
         if run.state.finished:
             raise ConflictError(f"run {run_id} is already {run.state.value}", code="run_finished")
-        await self.executor.cancel(run_id)
+        if not await self.executor.cancel(run_id):  # not held here: cancel it in the store
+            now = self._clock.now()
+            stale = [
+                replace(task, state=TaskState.CANCELLED, finished_at=now)
+                for task in await self.store.tasks(run_id)
+                if not task.state.finished
+            ]
+            cancelled = replace(run, state=RunState.CANCELLED, finished_at=now, error="cancelled")
+            await self.store.apply(cancelled, stale)
         return await self.run(run_id)
 
     async def approve(
@@ -171,7 +179,19 @@ class WorkflowService:
                 root = task.task_id.split("[", 1)[0]
                 again |= {task.task_id, root} | descendants(spec, root)
         reset = [
-            TaskRun(run_id, task_id, TaskState.PENDING)
+            TaskRun(
+                run_id,
+                task_id,
+                TaskState.PENDING,
+                logs=(
+                    (
+                        *task.logs,
+                        f"retried from failed after {task.attempts} attempts: {task.error}",
+                    )
+                    if task.attempts
+                    else tuple(task.logs)
+                ),
+            )
             for task_id, task in tasks.items()
             if (task_id in again or task_id.split("[", 1)[0] in again)
             and task.state is not TaskState.SUCCEEDED

@@ -66,7 +66,13 @@ async def service(tmp_path: Path) -> AsyncIterator[WorkflowService]:
 
 
 def py(task_id: str, fn: str, depends: list[str] | None = None, **extra: Any) -> dict[str, Any]:
-    return {"id": task_id, "type": "python", "callable": f"{HERE}:{fn}", "depends": depends or [], **extra}
+    return {
+        "id": task_id,
+        "type": "python",
+        "callable": f"{HERE}:{fn}",
+        "depends": depends or [],
+        **extra,
+    }
 
 
 async def finish(service: WorkflowService, run_id: str) -> tuple[Any, dict[str, TaskRun]]:
@@ -112,7 +118,10 @@ async def test_a_flaky_task_retries_with_a_fixed_delay_on_the_injected_clock(
         await service.apply(
             {
                 "name": "flaky",
-                "tasks": [py("f", "flaky", retry=retry), py("never", "flaky", retry=retry, args={"succeed_on": 9})],
+                "tasks": [
+                    py("f", "flaky", retry=retry),
+                    py("never", "flaky", retry=retry, args={"succeed_on": 9}),
+                ],
             },
             None,
         )
@@ -153,7 +162,10 @@ async def test_branch_map_and_join(service: WorkflowService) -> None:
         {
             "name": "etl",
             "inputs": {"numbers": {"type": "array"}},
-            "outputs": {"total": "{{ (tasks.transform.output or []) | sum }}"},
+            "outputs": {
+                "total": "{{ (tasks.transform.output if tasks.transform is defined else [])"
+                " | sum }}"
+            },
             "tasks": [
                 {
                     "id": "route",
@@ -167,7 +179,11 @@ async def test_branch_map_and_join(service: WorkflowService) -> None:
                     "depends": ["route"],
                     "over": "{{ inputs.numbers }}",
                     "max_parallel": 2,
-                    "task": {"type": "python", "callable": f"{HERE}:double", "args": {"value": "{{ item }}"}},
+                    "task": {
+                        "type": "python",
+                        "callable": f"{HERE}:double",
+                        "args": {"value": "{{ item }}"},
+                    },
                 },
                 py("tiny", "nap", ["route"], args={"seconds": 0}),
                 py("report", "echo_key", ["transform", "tiny"], trigger="none_failed"),
@@ -187,7 +203,9 @@ async def test_branch_map_and_join(service: WorkflowService) -> None:
     small = await service.start("etl", {"numbers": [1]}, trigger="manual")
     small, tasks = await finish(service, small.id)
     assert small.state is RunState.SUCCEEDED
-    assert tasks["transform"].state is TaskState.SKIPPED and tasks["tiny"].state is TaskState.SUCCEEDED
+    assert (
+        tasks["transform"].state is TaskState.SKIPPED and tasks["tiny"].state is TaskState.SUCCEEDED
+    )
 
 
 async def test_fail_run_cancels_the_rest_and_continue_lets_other_branches_finish(
@@ -196,13 +214,21 @@ async def test_fail_run_cancels_the_rest_and_continue_lets_other_branches_finish
     await service.apply(
         {
             "name": "strict",
-            "tasks": [py("bad", "fail"), py("slow", "nap", args={"seconds": 5}), py("after", "nap", ["bad"])],
+            "tasks": [
+                py("bad", "fail"),
+                py("slow", "nap", args={"seconds": 5}),
+                py("after", "nap", ["bad"]),
+            ],
         },
         None,
     )
     run, tasks = await finish(service, (await service.start("strict", {}, trigger="manual")).id)
-    assert run.state is RunState.FAILED and "task bad failed: broken on purpose" in (run.error or "")
-    assert tasks["slow"].state is TaskState.CANCELLED and tasks["after"].state is TaskState.CANCELLED
+    assert run.state is RunState.FAILED and "task bad failed: broken on purpose" in (
+        run.error or ""
+    )
+    assert (
+        tasks["slow"].state is TaskState.CANCELLED and tasks["after"].state is TaskState.CANCELLED
+    )
     await service.apply(
         {
             "name": "lenient",
@@ -222,7 +248,10 @@ async def test_fail_run_cancels_the_rest_and_continue_lets_other_branches_finish
 
 async def test_approval_waits_for_a_person(service: WorkflowService) -> None:
     await service.apply(
-        {"name": "gated", "tasks": [{"id": "ok", "type": "approval"}, py("ship", "echo_key", ["ok"])]},
+        {
+            "name": "gated",
+            "tasks": [{"id": "ok", "type": "approval"}, py("ship", "echo_key", ["ok"])],
+        },
         None,
     )
     run = await service.start("gated", {}, trigger="manual")
@@ -255,7 +284,9 @@ async def test_cancellation_stops_running_tasks(service: WorkflowService) -> Non
 async def test_ready_tasks_are_dispatched_by_priority_then_deadline(tmp_path: Path) -> None:
     service = await service_for(tmp_path, workers=1)
     try:
-        await service.apply({"name": "one", "tasks": [py("t", "nap", args={"seconds": 0.05})]}, None)
+        await service.apply(
+            {"name": "one", "tasks": [py("t", "nap", args={"seconds": 0.05})]}, None
+        )
         blocker = await service.start("one", {}, trigger="manual")
         low = await service.start("one", {}, trigger="manual", priority=9)
         late = await service.start(
@@ -279,7 +310,14 @@ async def test_a_run_interrupted_mid_flight_resumes_without_redoing_finished_tas
 ) -> None:
     first = await service_for(tmp_path)
     await first.apply(
-        {"name": "resume", "tasks": [py("one", "echo_key"), py("two", "nap", ["one"], args={"seconds": 30}), py("three", "echo_key", ["two"])]},
+        {
+            "name": "resume",
+            "tasks": [
+                py("one", "echo_key"),
+                py("two", "nap", ["one"], args={"seconds": 30}),
+                py("three", "echo_key", ["two"]),
+            ],
+        },
         None,
     )
     run = await first.start("resume", {}, trigger="manual")
@@ -295,7 +333,14 @@ async def test_a_run_interrupted_mid_flight_resumes_without_redoing_finished_tas
     second = await service_for(tmp_path)
     try:
         await second.apply(
-            {"name": "resume", "tasks": [py("one", "echo_key"), py("two", "echo_key", ["one"]), py("three", "echo_key", ["two"])]},
+            {
+                "name": "resume",
+                "tasks": [
+                    py("one", "echo_key"),
+                    py("two", "echo_key", ["one"]),
+                    py("three", "echo_key", ["two"]),
+                ],
+            },
             None,
         )
         # the run keeps the version it started with (where two naps 30 s): check the resumed
@@ -318,7 +363,14 @@ async def test_a_run_interrupted_mid_flight_resumes_without_redoing_finished_tas
 
 async def test_retry_from_failed_keeps_what_succeeded(service: WorkflowService) -> None:
     await service.apply(
-        {"name": "fixable", "tasks": [py("good", "echo_key"), py("bad", "fail", ["good"]), py("last", "echo_key", ["bad"])]},
+        {
+            "name": "fixable",
+            "tasks": [
+                py("good", "echo_key"),
+                py("bad", "fail", ["good"]),
+                py("last", "echo_key", ["bad"]),
+            ],
+        },
         None,
     )
     run, tasks = await finish(service, (await service.start("fixable", {}, trigger="manual")).id)
@@ -328,3 +380,24 @@ async def test_retry_from_failed_keeps_what_succeeded(service: WorkflowService) 
     run, tasks = await finish(service, run.id)
     assert tasks["good"] == good  # not run again
     assert tasks["bad"].attempts == 1 and tasks["bad"].state is TaskState.FAILED
+
+
+async def test_an_approval_without_a_decision_fails_after_its_timeout(tmp_path: Path) -> None:
+    clock = ManualClock(datetime(2026, 11, 25, tzinfo=UTC))
+    service = await service_for(tmp_path, clock)
+    try:
+        await service.apply(
+            {"name": "ask", "tasks": [{"id": "ok", "type": "approval", "timeout_s": 3600}]}, None
+        )
+        run = await service.start("ask", {}, trigger="manual")
+        await asyncio.sleep(0.1)
+        clock.advance(3599)
+        await asyncio.sleep(0.1)
+        assert (await service.run(run.id)).state is RunState.RUNNING
+        clock.advance(1)
+        run, tasks = await finish(service, run.id)
+        assert run.state is RunState.FAILED
+        assert tasks["ok"].error_class == "timeout" and "3600" in (tasks["ok"].error or "")
+    finally:
+        await service.close()
+        await service.engine.dispose()  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ from openautoglm.core.errors import (
 )
 from openautoglm.registry.service import require_writer
 from openautoglm.registry.webhooks import verify_signature
-from openautoglm.tenancy.model import Principal
+from openautoglm.tenancy.model import Principal, Role
 from openautoglm.workflows.definition import load_workflow
 from openautoglm.workflows.graph import render_svg, to_dot, to_mermaid
 from openautoglm.workflows.model import Run, RunState, TaskRun
@@ -214,6 +214,8 @@ async def workflow_graph(
     version = None
     if run_id is not None:
         run = await _visible_run(flows, actor, run_id)
+        if run.workflow != name:
+            raise NotFoundError(f"run '{run_id}' is not a run of '{name}'", code="run_not_found")
         version = run.workflow_version
         states = {t.task_id: t.state.value for t in await flows.service.tasks(run_id)}
     _, spec = await flows.service.spec(name, version)
@@ -263,9 +265,9 @@ async def list_runs(
     state: RunState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ListOf:
-    runs = await flows.service.store.runs(workflow, state, limit)
-    visible = [r for r in runs if r.tenant_id is None or actor.acts_in(r.tenant_id)]
-    return ListOf(data=[run_out(run) for run in visible])
+    tenant = None if actor.role is Role.PLATFORM_ADMIN else actor.tenant_id
+    runs = await flows.service.store.runs(workflow, state, limit, tenant)
+    return ListOf(data=[run_out(run) for run in runs])
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunOut)
