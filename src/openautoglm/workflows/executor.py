@@ -76,17 +76,9 @@ class Executor:
         running = [t for live in self._live.values() for t in live.running.values()]
         await asyncio.gather(*self._loops, *running, return_exceptions=True)
 
-    @property
-    def ready_count(self) -> int:
-        return len(self._ready)
-
-    @property
-    def running_count(self) -> int:
-        return sum(len(live.running) for live in self._live.values())
-
-    @property
-    def active_runs(self) -> int:
-        return len(self._live)
+    ready_count = property(lambda self: len(self._ready))
+    running_count = property(lambda self: sum(len(r.running) for r in self._live.values()))
+    active_runs = property(lambda self: len(self._live))
 
     def live(self, run_id: str) -> LiveRun | None:
         return self._live.get(run_id)
@@ -116,7 +108,7 @@ class Executor:
         await self._commits.apply(live.run if live.run is not run else None, changes)
         for task in live.tasks.values():
             if task.state is TaskState.RETRYING and task.next_attempt_at is not None:
-                self._delay(live, task.task_id, task.next_attempt_at)
+                self._timers.retry_at(task.next_attempt_at, run.id, task.task_id)
             elif task.state is TaskState.WAITING:
                 self._arm_approval(live, task)
         await self._commit(live, self._settle(live, [], scan_all=True))
@@ -250,7 +242,12 @@ class Executor:
         if state is TaskState.RUNNING:  # a map waits for its items; an approval for a person
             return None
         finished = replace(
-            task, state=state, output=output, finished_at=self._clock.now(), error=None
+            task,
+            state=state,
+            output=output,
+            finished_at=self._clock.now(),
+            error=None,
+            logs=live.take_logs(task),
         )
         live.tasks[task.task_id] = finished
         if self._observe is not None:
@@ -259,7 +256,7 @@ class Executor:
 
     async def _attempt(self, live: LiveRun, spec: TaskSpec, task: TaskRun) -> tuple[Any, TaskState]:
         flow = live.flow
-        context = flow.context(live.run, live.tasks, task)
+        context = flow.context(live.run, live.tasks, task, live.logger(task.task_id))
         if spec.type == "branch":
             return {"chosen": flow.choose_branch(spec, context)}, TaskState.SUCCEEDED
         if spec.type == "map" and not flow.is_item(task.task_id):
@@ -291,6 +288,7 @@ class Executor:
     ) -> Settled | None:
         now = self._clock.now()
         retry = spec.retry
+        line = f"attempt {task.attempts} failed ({failure.error_class}): {failure}"
         if failure.retryable and retry.should_retry(task.attempts, failure.error_class):
             at = now + timedelta(seconds=retry.delay_for(task.attempts))
             waiting = replace(
@@ -299,10 +297,11 @@ class Executor:
                 error=str(failure),
                 error_class=failure.error_class,
                 next_attempt_at=at,
+                logs=live.take_logs(task, f"{line}; next attempt at {at.isoformat()}"),
             )
             live.tasks[task.task_id] = waiting
             await self._commits.apply(None, [waiting])
-            self._delay(live, task.task_id, at)
+            self._timers.retry_at(at, live.run.id, task.task_id)
             return None
         failed = replace(
             task,
@@ -310,6 +309,7 @@ class Executor:
             error=str(failure),
             error_class=failure.error_class,
             finished_at=now,
+            logs=live.take_logs(task, line),
         )
         live.tasks[task.task_id] = failed
         if self._observe is not None:
@@ -379,9 +379,6 @@ class Executor:
             )
             live.tasks[task_id] = expired
             await self._commit(live, self._settle(live, [expired]))
-
-    def _delay(self, live: LiveRun, task_id: str, at: datetime) -> None:
-        self._timers.retry_at(at, live.run.id, task_id)
 
     async def _timer(self) -> None:
         while True:

@@ -15,7 +15,7 @@ their outputs when all succeed, and fails when one fails for good.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -77,7 +77,13 @@ class Flow:
 
     # context
 
-    def context(self, run: Run, tasks: Mapping[str, TaskRun], task: TaskRun) -> TaskContext:
+    def context(
+        self,
+        run: Run,
+        tasks: Mapping[str, TaskRun],
+        task: TaskRun,
+        log: Callable[[str], None] | None = None,
+    ) -> TaskContext:
         upstream = _Succeeded(tasks, self._specs)
         item: Any = None
         index: int | None = None
@@ -85,7 +91,7 @@ class Flow:
         if match is not None:
             index = int(match["index"])
             item = self.items.get(match["map"], [None] * (index + 1))[index]
-        return TaskContext(
+        context = TaskContext(
             run_id=run.id,
             task_id=task.task_id,
             attempt=task.attempts,
@@ -95,6 +101,7 @@ class Flow:
             item=item,
             index=index,
         )
+        return context if log is None else replace(context, log=log)
 
     def choose_branch(self, spec: TaskSpec, context: TaskContext) -> list[str]:
         variables = context.variables()

@@ -6,11 +6,15 @@ import asyncio
 import heapq
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from openautoglm.workflows.flow import Flow
 from openautoglm.workflows.model import Run, TaskRun
+
+MAX_LOG_LINES = 1000
+MAX_LOG_CHARS = 2000
 
 
 @dataclass
@@ -33,6 +37,21 @@ class LiveRun:
     tasks: dict[str, TaskRun]
     running: dict[str, asyncio.Task[Settled | None]] = field(default_factory=dict)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    logs: dict[str, list[str]] = field(default_factory=dict)  # this attempt's lines, per task
+
+    def logger(self, task_id: str) -> Callable[[str], None]:
+        """``ctx.log`` for a task: lines kept with the task's next stored state."""
+        lines = self.logs.setdefault(task_id, [])
+
+        def log(line: str) -> None:
+            if len(lines) < MAX_LOG_LINES:
+                lines.append(str(line)[:MAX_LOG_CHARS])
+
+        return log
+
+    def take_logs(self, task: TaskRun, *extra: str) -> tuple[str, ...]:
+        """The task's stored lines plus this attempt's (and ``extra``), newest last."""
+        return (*task.logs, *self.logs.pop(task.task_id, ()), *extra)[-MAX_LOG_LINES:]
 
     @property
     def order(self) -> tuple[int, float]:

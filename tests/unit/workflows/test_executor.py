@@ -30,6 +30,7 @@ async def nap(ctx: TaskContext, seconds: float = 0.2) -> dict[str, Any]:
 
 
 def flaky(ctx: TaskContext, succeed_on: int = 3) -> dict[str, int]:
+    ctx.log(f"trying attempt {ctx.attempt}")
     if ctx.attempt < succeed_on:
         raise ConnectionError(f"attempt {ctx.attempt} failed")
     return {"attempt": ctx.attempt}
@@ -148,6 +149,14 @@ async def test_a_flaky_task_retries_with_a_fixed_delay_on_the_injected_clock(
         clock.advance(10)
         done = await state_of("f", TaskState.SUCCEEDED, 3)
         assert done.output == {"attempt": 3}
+        assert [line for line in done.logs if line.startswith("trying")] == [
+            "trying attempt 1",
+            "trying attempt 2",
+            "trying attempt 3",
+        ]
+        assert any(line.startswith("attempt 2 failed (python)") for line in done.logs)
+        stored = {t.task_id: t for t in await service.store.tasks(run.id)}["f"]
+        assert stored.logs == done.logs
         never = await state_of("never", TaskState.FAILED, 3)  # three attempts, then no more
         assert "attempt 3 failed" in (never.error or "")
         final, _ = await finish(service, run.id)
@@ -401,3 +410,16 @@ async def test_an_approval_without_a_decision_fails_after_its_timeout(tmp_path: 
     finally:
         await service.close()
         await service.engine.dispose()  # type: ignore[attr-defined]
+
+
+async def test_a_task_over_its_timeout_fails_with_the_timeout_class(
+    service: WorkflowService,
+) -> None:
+    await service.apply(
+        {"name": "slow", "tasks": [py("s", "nap", args={"seconds": 5}, timeout_s=0.2,
+                                      retry={"max_attempts": 1})]},
+        None,
+    )  # fmt: skip
+    run, tasks = await finish(service, (await service.start("slow", {}, trigger="manual")).id)
+    assert run.state is RunState.FAILED
+    assert tasks["s"].error_class == "timeout" and "0.2" in (tasks["s"].error or "")
