@@ -16,13 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, create_engine, event, insert, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from openautoglm.store.database import set_sqlite_pragmas, writer_lock
 from openautoglm.store.tables import workflow_runs, workflow_tasks
 from openautoglm.store.workflow_rows import UPDATE_TASK, run_values, task_values
-from openautoglm.workflows.model import Run, TaskRun
+from openautoglm.workflows.model import Run, StoreUnavailableError, TaskRun
 
 
 def _statements(
@@ -67,9 +67,14 @@ class AsyncWriter:
         async with gate if gate is not None else contextlib.nullcontext():
             try:
                 await self._write(runs, tasks, new_tasks)
+            except IntegrityError:
+                raise
             except (DBAPIError, OSError):
                 await self.close()
-                await self._write(runs, tasks, new_tasks)
+                try:
+                    await self._write(runs, tasks, new_tasks)
+                except (DBAPIError, OSError) as exc:
+                    raise StoreUnavailableError(str(exc)) from exc
 
     async def _write(
         self, runs: Sequence[Run], tasks: Sequence[TaskRun], new_tasks: Sequence[TaskRun]
@@ -118,10 +123,12 @@ class SqliteThreadWriter:
                     for statement, params in _statements(runs, tasks, new_tasks):
                         self._connection.execute(statement, params)
                 return
-            except (DBAPIError, OSError):
+            except IntegrityError:
+                raise
+            except (DBAPIError, OSError) as exc:
                 self._close()
                 if attempt == 2:
-                    raise
+                    raise StoreUnavailableError(str(exc)) from exc
 
     def _close(self) -> None:
         connection, self._connection = self._connection, None

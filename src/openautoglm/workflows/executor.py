@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
+
 from openautoglm.core.clock import Clock
-from openautoglm.workflows.commits import GroupCommit
+from openautoglm.core.errors import ConflictError
 from openautoglm.workflows.definition import TaskSpec, WorkflowSpec
+from openautoglm.workflows.dispatch import Dispatcher
 from openautoglm.workflows.flow import Flow
-from openautoglm.workflows.live import LiveRun, Settled, Timers
+from openautoglm.workflows.live import LiveRun, Settled
 from openautoglm.workflows.model import Run, RunState, TaskRun, TaskState, WorkflowStore
 from openautoglm.workflows.runners import TaskFailure, TaskRunners
 
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 TaskObserver = Callable[[Run, TaskRun, float | None], None]
 
 
-class Executor:
+class Executor(Dispatcher):
     """Runs workflow tasks on ``workers`` concurrent workers, committing every change first."""
 
     def __init__(
@@ -47,17 +49,10 @@ class Executor:
         workers: int = 16,
         observe: TaskObserver | None = None,
     ) -> None:
-        self._store = store
-        self._commits = GroupCommit(store)
+        super().__init__(store, clock)
         self._runners = runners
-        self._clock = clock
         self._workers = workers
         self._observe = observe
-        self._live: dict[str, LiveRun] = {}
-        self._ready: list[tuple[int, float, int, str, str]] = []
-        self._timers = Timers()
-        self._seq = itertools.count()
-        self._wakeup = asyncio.Condition()
         self._loops: list[asyncio.Task[None]] = []
         self.on_wait: Callable[[float], None] | None = None  # queue waits, for the metrics
 
@@ -94,6 +89,8 @@ class Executor:
 
     async def admit(self, run: Run, spec: WorkflowSpec, tasks: list[TaskRun]) -> None:
         """Take an unfinished run (new, or recovered after a restart) and release what is ready."""
+        if run.id in self._live:
+            raise ConflictError(f"run {run.id} is already running here", code="run_active")
         live = LiveRun(run, Flow(spec), {task.task_id: task for task in tasks})
         self._live[run.id] = live
         changes = [  # in flight when the process died: they run again, same idempotency key
@@ -121,51 +118,70 @@ class Executor:
             if own is None:
                 async with self._wakeup:
                     await self._wakeup.wait_for(lambda: bool(self._ready))
-            if own is not None and own.end:
-                await self._end(own.live, own.writes)
-                own = None
-                continue
-            picked = self._take(own)
-            writes = own.writes if own is not None else []
-            if picked is None:
-                if own is not None:
-                    await self._commit(own.live, own)
-                own = None
-                continue
-            live, task_id, queued_at = picked
-            running = replace(
-                live.tasks[task_id],
-                state=TaskState.RUNNING,
-                attempts=live.tasks[task_id].attempts + 1,
-                started_at=self._clock.now(),
-                next_attempt_at=None,
-            )
-            live.tasks[task_id] = running
-            await self._commits.apply(None, [*writes, running])  # its dependency and it, together
-            if own is not None:
-                await self._after_commit(own)
-            own = None
-            if self.on_wait is not None:
-                self.on_wait(max(0.0, self._clock.monotonic() - queued_at))
-            execution = asyncio.ensure_future(self._execute(live, running))
-            live.running[task_id] = execution
             try:
-                own = await execution
+                own = await self._step(own)
             except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
-                own = None  # the run ended (failed or cancelled) while this task ran
-            finally:
-                live.running.pop(task_id, None)
+                raise
+            except Exception:  # never lose a worker: log, and take the next task
+                logger.exception("workflow worker step failed")
+                own = None
+                await asyncio.sleep(0.1)
+
+    async def _step(self, own: Settled | None) -> Settled | None:
+        """Commit what the last task left, take the next task, run it; what it leaves."""
+        if own is not None and own.end:
+            await self._end(own.live, own.writes)
+            return None
+        picked = self._take(own)
+        writes = own.writes if own is not None else []
+        if picked is None:
+            if own is not None:
+                await self._commit(own.live, own)
+            return None
+        live, task_id, queued_at = picked
+        running = replace(
+            live.tasks[task_id],
+            state=TaskState.RUNNING,
+            attempts=live.tasks[task_id].attempts + 1,
+            started_at=self._clock.now(),
+            next_attempt_at=None,
+        )
+        live.tasks[task_id] = running
+        await self._commits.apply(None, [*writes, running])  # its dependency and it, together
+        if own is not None:
+            await self._after_commit(own)
+        if self._live.get(live.run.id) is not live or live.tasks[task_id] is not running:
+            # the run ended (cancelled, failed) while that was written: say so again, last
+            await self._commits.apply(None, [live.tasks[task_id]])
+            return None
+        if self.on_wait is not None:
+            self.on_wait(max(0.0, self._clock.monotonic() - queued_at))
+        execution = asyncio.ensure_future(self._execute(live, running))
+        live.running[task_id] = execution
+        try:
+            return await execution
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+            return None  # the run ended (failed or cancelled) while this task ran
+        finally:
+            live.running.pop(task_id, None)
 
     def _take(self, own: Settled | None) -> tuple[LiveRun, str, float] | None:
-        """The next task: the best of this worker's own released tasks and the shared heap."""
-        if own is not None and own.ready:
+        """The next task: the best of this worker's own released tasks and the shared heap
+        (ties go to the heap: it holds the earlier arrivals)."""
+        while own is not None and own.ready:
             live = own.live
-            if not self._ready or live.order <= self._ready[0][:2]:
-                task_id = own.ready.pop(0)
-                return live, task_id, live.flow.queued_at.pop(task_id, self._clock.monotonic())
+            if self._ready and not live.order < self._ready[0][:2]:
+                break
+            task_id = own.ready.pop(0)
+            queued_at = live.flow.queued_at.pop(task_id, self._clock.monotonic())
+            if (
+                self._live.get(live.run.id) is live
+                and live.tasks[task_id].state is TaskState.PENDING
+            ):
+                return live, task_id, queued_at
         while self._ready:
             _, _, _, run_id, task_id = heapq.heappop(self._ready)
             live_run = self._live.get(run_id)
@@ -173,52 +189,11 @@ class Executor:
                 continue
             task = live_run.tasks.get(task_id)
             if task is None or task.state is not TaskState.PENDING:
+                live_run.flow.queued_at.pop(task_id, None)  # a stale entry
                 continue
             queued_at = live_run.flow.queued_at.pop(task_id, self._clock.monotonic())
             return live_run, task_id, queued_at
         return None
-
-    async def _commit(self, live: LiveRun, settled: Settled) -> None:
-        """Write what ``settled`` holds, then release its ready tasks to every worker."""
-        if settled.end:
-            await self._end(live, settled.writes)
-            return
-        if settled.writes:
-            await self._commits.apply(None, settled.writes)
-        await self._after_commit(settled)
-
-    async def _end(self, live: LiveRun, writes: list[TaskRun]) -> None:
-        await self._commits.apply(live.run, writes)
-        current = asyncio.current_task()
-        for execution in list(live.running.values()):
-            if execution is not current:
-                execution.cancel()
-        live.done.set()
-        self._live.pop(live.run.id, None)
-
-    async def _after_commit(self, settled: Settled) -> None:
-        live = settled.live
-        committed = [task.task_id for task in settled.writes]
-        live.flow.uncommitted.difference_update(committed)
-        await self._push(live, settled.ready)
-        settled.ready = []
-        if self._live.get(live.run.id) is not live:
-            return
-        # another worker may have looked at their dependents while these were uncommitted
-        follow = self._settle(live, [], candidates=live.flow.dependents_of(committed))
-        if follow.writes or follow.ready:
-            await self._commit(live, follow)
-
-    async def _push(self, live: LiveRun, task_ids: list[str]) -> None:
-        if not task_ids:
-            return
-        priority, deadline = live.order
-        now = self._clock.monotonic()
-        for task_id in task_ids:
-            live.flow.queued_at.setdefault(task_id, now)
-            heapq.heappush(self._ready, (priority, deadline, next(self._seq), live.run.id, task_id))
-        async with self._wakeup:
-            self._wakeup.notify(len(task_ids))
 
     # executing one task
 
@@ -241,6 +216,11 @@ class Executor:
             return await self._failed(live, spec, task, TaskFailure(repr(exc), "error"))
         if state is TaskState.RUNNING:  # a map waits for its items; an approval for a person
             return None
+        try:
+            orjson.dumps(output, option=orjson.OPT_NON_STR_KEYS)
+        except TypeError as exc:  # refuse it here, not in a commit it shares with others
+            unstorable = TaskFailure(f"the output cannot be stored as JSON: {exc}", "python", False)
+            return await self._failed(live, spec, task, unstorable)
         finished = replace(
             task,
             state=state,
@@ -271,6 +251,7 @@ class Executor:
                 live.tasks[child.task_id] = child
             if not items:
                 return [], TaskState.SUCCEEDED
+            flow.start_map(spec.id, live.tasks)
             await self._push(live, self._map_release(live, spec.id))
             return None, TaskState.RUNNING
         if spec.type == "approval":
@@ -318,45 +299,6 @@ class Executor:
 
     # deciding what follows
 
-    def _settle(
-        self,
-        live: LiveRun,
-        changed: list[TaskRun],
-        scan_all: bool = False,
-        candidates: list[str] | None = None,
-    ) -> Settled:
-        """What the finished tasks imply, to be committed before anything is released. A run
-        that ends is finished here: its end is written and its other tasks cancelled."""
-        outcome = live.flow.propagate(
-            live.run, live.tasks, changed, self._clock.now(), scan_all, candidates or ()
-        )
-        writes = [*changed, *outcome.changes]
-        if outcome.run_state is not None:
-            live.run = replace(
-                live.run,
-                state=outcome.run_state,
-                finished_at=self._clock.now(),
-                outputs=outcome.outputs,
-                error=outcome.error,
-            )
-            return Settled(live, writes, [], end=True)
-        ready = list(outcome.ready)
-        for map_id in dict.fromkeys(outcome.maps_to_feed):
-            ready += self._map_release(live, map_id)
-        for task_id in ready:
-            live.flow.queued_at.setdefault(task_id, self._clock.monotonic())
-        live.flow.uncommitted.update(task.task_id for task in writes if task.state.finished)
-        return Settled(live, writes, ready)
-
-    def _map_release(self, live: LiveRun, map_id: str) -> list[str]:
-        spec = live.flow.spec_of(map_id)
-        limit = int(spec.config.get("max_parallel", 4))
-        flow = live.flow
-        room = limit - flow.map_running(map_id, live.tasks) - flow.queued(map_id)
-        return flow.map_waiting(map_id, live.tasks)[: max(0, room)]
-
-    # time
-
     def _arm_approval(self, live: LiveRun, task: TaskRun) -> None:
         timeout_s = live.flow.spec_of(task.task_id).timeout_s
         if timeout_s is not None and task.started_at is not None:
@@ -370,6 +312,9 @@ class Executor:
             if live is None or task is None or task.state is not TaskState.WAITING:
                 continue
             spec = live.flow.spec_of(task_id)
+            started = task.started_at or now
+            if spec.timeout_s is None or started + timedelta(seconds=spec.timeout_s) > now:
+                continue  # an entry of an earlier attempt
             expired = replace(
                 task,
                 state=TaskState.FAILED,
@@ -383,17 +328,34 @@ class Executor:
     async def _timer(self) -> None:
         while True:
             await asyncio.sleep(0.02)
-            now = self._clock.now()
-            await self._expire_approvals(now)
-            due = self._timers.due_retries(now)
-            for run_id, task_id in due:
-                live = self._live.get(run_id)
-                if live is None or live.tasks[task_id].state is not TaskState.RETRYING:
-                    continue
-                pending = replace(live.tasks[task_id], state=TaskState.PENDING)
-                live.tasks[task_id] = pending
-                await self._commits.apply(None, [pending])
+            try:
+                await self._fire_timers(self._clock.now())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # retries and approval deadlines must keep firing
+                logger.exception("workflow timer failed")
+
+    async def _fire_timers(self, now: datetime) -> None:
+        await self._expire_approvals(now)
+        for run_id, task_id in self._timers.due_retries(now):
+            live = self._live.get(run_id)
+            task = live.tasks.get(task_id) if live is not None else None
+            if live is None or task is None or task.state is not TaskState.RETRYING:
+                continue
+            if task.next_attempt_at is not None and task.next_attempt_at > now:
+                continue  # an older entry; the task's own one is still in the heap
+            pending = replace(task, state=TaskState.PENDING)
+            live.tasks[task_id] = pending
+            match_map = task_id.split("[", 1)[0] if live.flow.is_item(task_id) else None
+            if match_map is not None and match_map not in live.flow.progress:
+                await self._commits.apply(None, [pending])  # its map releases it when it runs
+                continue
+            live.flow.queued_at[task_id] = self._clock.monotonic()  # before the await: no one
+            await self._commits.apply(None, [pending])  # else may release it meanwhile
+            if live.tasks.get(task_id) is pending and self._live.get(run_id) is live:
                 await self._push(live, [task_id])
+            else:
+                live.flow.queued_at.pop(task_id, None)
 
     # operator actions
 
@@ -414,7 +376,8 @@ class Executor:
         for execution in list(live.running.values()):
             execution.cancel()
         live.done.set()
-        self._live.pop(run_id, None)
+        if self._live.get(run_id) is live:
+            del self._live[run_id]
         return True
 
     async def resolve_approval(

@@ -15,6 +15,7 @@ their outputs when all succeed, and fails when one fails for good.
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -26,6 +27,16 @@ from openautoglm.workflows.runners import TaskContext, TaskFailure, TaskOutputs
 from openautoglm.workflows.templates import TemplateError, evaluate, render_value
 
 _ITEM = re.compile(r"^(?P<map>.+)\[(?P<index>\d+)\]$")
+
+
+@dataclass
+class MapProgress:
+    """A map's items: those not yet released (in order), in flight, and finished."""
+
+    ids: list[str]
+    waiting: deque[str]
+    in_flight: int = 0
+    finished: int = 0
 
 
 @dataclass
@@ -51,6 +62,7 @@ class Flow:
             for dependency in task.depends:
                 self._dependents[dependency].append(task.id)
         self.items: dict[str, list[Any]] = {}
+        self.progress: dict[str, MapProgress] = {}
         self.queued_at: dict[str, float] = {}  # released, not yet taken by a worker
         self.uncommitted: set[str] = set()  # finished in memory, not yet in the store
 
@@ -127,27 +139,27 @@ class Flow:
 
     # maps
 
-    def _items_of(self, map_id: str, tasks: Mapping[str, TaskRun]) -> list[TaskRun]:
-        count = len(self.items.get(map_id, ()))
-        if not count:  # recovered: count the stored items
-            prefix = f"{map_id}["
-            count = sum(1 for task_id in tasks if task_id.startswith(prefix))
-        return [tasks[item] for item in self.expand_map(map_id, count) if item in tasks]
+    def start_map(self, map_id: str, tasks: Mapping[str, TaskRun]) -> None:
+        """Count a map's items once they exist (first run, or again after a restart)."""
+        ids = self.expand_map(map_id, len(self.items[map_id]))
+        states = [tasks[item].state for item in ids]
+        self.progress[map_id] = MapProgress(
+            ids=ids,
+            waiting=deque(i for i, st in zip(ids, states, strict=True) if st is TaskState.PENDING),
+            in_flight=sum(state is TaskState.RETRYING for state in states),
+            finished=sum(state.finished for state in states),
+        )
 
-    def map_waiting(self, map_id: str, tasks: Mapping[str, TaskRun]) -> list[str]:
-        return [
-            item.task_id
-            for item in self._items_of(map_id, tasks)
-            if item.state is TaskState.PENDING and item.task_id not in self.queued_at
-        ]
-
-    def map_running(self, map_id: str, tasks: Mapping[str, TaskRun]) -> int:
-        busy = (TaskState.RUNNING, TaskState.RETRYING)
-        return sum(item.state in busy for item in self._items_of(map_id, tasks))
-
-    def queued(self, map_id: str) -> int:
-        prefix = f"{map_id}["
-        return sum(1 for task_id in self.queued_at if task_id.startswith(prefix))
+    def release_items(self, map_id: str, limit: int, tasks: Mapping[str, TaskRun]) -> list[str]:
+        """The next items to run, keeping at most ``limit`` of the map's items in flight."""
+        progress = self.progress.get(map_id)
+        released: list[str] = []
+        while progress is not None and progress.waiting and progress.in_flight < limit:
+            item = progress.waiting.popleft()
+            if tasks[item].state is TaskState.PENDING and item not in self.queued_at:
+                progress.in_flight += 1
+                released.append(item)
+        return released
 
     # propagation
 
@@ -164,18 +176,32 @@ class Flow:
         pending tasks to decide as well (``scan_all``: every pending task)."""
         outcome = Outcome()
         finished = [task for task in changed if task.state.finished]
-        candidates = [t for t in candidates if tasks[t].state is TaskState.PENDING]
+        waiting = deque(t for t in candidates if tasks[t].state is TaskState.PENDING)
         if scan_all:
-            candidates = [t for t in self._specs if tasks[t].state is TaskState.PENDING]
-        while finished:
+            waiting = deque(t for t in self._specs if tasks[t].state is TaskState.PENDING)
+        ready: dict[str, None] = {}
+        while finished or waiting:  # a worklist, not recursion: skips can chain 10,000 deep
+            if not finished:
+                task_id = waiting.popleft()
+                if tasks[task_id].state is not TaskState.PENDING:
+                    continue
+                decision = self._decide(task_id, tasks)
+                if decision is TaskState.PENDING and task_id not in self.queued_at:
+                    ready[task_id] = None
+                elif decision is TaskState.SKIPPED:
+                    skipped = replace(tasks[task_id], state=TaskState.SKIPPED, finished_at=now)
+                    self._change(tasks, outcome, skipped)
+                    finished.append(skipped)
+                continue
             task = finished.pop()
             match = _ITEM.match(task.task_id)
             if match is not None:
-                done_map = self._finish_map(match["map"], tasks, now)
+                done_map = self._finish_map(match["map"], task, tasks, now)
                 if done_map is None:
                     outcome.maps_to_feed.append(match["map"])
                 else:
                     self._change(tasks, outcome, done_map)
+                    self._drop_unreleased_items(match["map"], tasks, outcome, now)
                     finished.append(done_map)
                 continue
             spec = self._specs[task.task_id]
@@ -193,24 +219,23 @@ class Flow:
                     self._change(tasks, outcome, skipped)
                     finished.append(skipped)
                 else:
-                    candidates.append(dependent)
-        for task_id in dict.fromkeys(candidates):
-            decision = self._decide(task_id, tasks)
-            if decision is TaskState.PENDING:
-                if task_id not in self.queued_at:
-                    outcome.ready.append(task_id)
-            elif decision is TaskState.SKIPPED:
-                skipped = replace(tasks[task_id], state=TaskState.SKIPPED, finished_at=now)
-                self._change(tasks, outcome, skipped)
-                follow = self.propagate(run, tasks, [skipped], now)
-                if follow.run_state is not None:
-                    follow.changes[:0] = outcome.changes
-                    return follow
-                outcome.changes += follow.changes
-                outcome.ready += follow.ready
+                    waiting.append(dependent)
+        outcome.ready = [t for t in ready if tasks[t].state is TaskState.PENDING]
         if not outcome.ready and not self.queued_at and self._all_finished(tasks):
             self._finish_run(run, tasks, outcome)
         return outcome
+
+    def _drop_unreleased_items(
+        self, map_id: str, tasks: dict[str, TaskRun], outcome: Outcome, now: datetime
+    ) -> None:
+        """A map that failed for good: its items not yet started will never run."""
+        progress = self.progress.get(map_id)
+        for item in (tasks[i] for i in (progress.ids if progress else ())):
+            if item.state in (TaskState.PENDING, TaskState.RETRYING):
+                self.queued_at.pop(item.task_id, None)
+                self._change(
+                    tasks, outcome, replace(item, state=TaskState.CANCELLED, finished_at=now)
+                )
 
     def _all_finished(self, tasks: dict[str, TaskRun]) -> bool:
         # Cheap most of the time: the spec order puts late tasks last, so an unfinished one
@@ -241,26 +266,30 @@ class Flow:
         ok = all(state is TaskState.SUCCEEDED for state in states)
         return TaskState.PENDING if ok else TaskState.SKIPPED
 
-    def _finish_map(self, map_id: str, tasks: dict[str, TaskRun], now: datetime) -> TaskRun | None:
-        items = self._items_of(map_id, tasks)
-        failed = next((item for item in items if item.state is TaskState.FAILED), None)
+    def _finish_map(
+        self, map_id: str, item: TaskRun, tasks: dict[str, TaskRun], now: datetime
+    ) -> TaskRun | None:
+        """The map's end once ``item`` finished: failed with it, or succeeded with the last."""
         map_task = tasks[map_id]
-        if map_task.state.finished:
+        progress = self.progress.get(map_id)
+        if map_task.state.finished or progress is None:
             return None
-        if failed is not None:
+        progress.in_flight -= 1
+        progress.finished += 1
+        if item.state is TaskState.FAILED:
             return replace(
                 map_task,
                 state=TaskState.FAILED,
-                error=f"item {failed.task_id} failed: {failed.error}",
-                error_class=failed.error_class,
+                error=f"item {item.task_id} failed: {item.error}",
+                error_class=item.error_class,
                 finished_at=now,
             )
-        if not all(item.state.finished for item in items):
+        if progress.finished < len(progress.ids):
             return None
         return replace(
             map_task,
             state=TaskState.SUCCEEDED,
-            output=[item.output for item in items],
+            output=[tasks[i].output for i in progress.ids],
             finished_at=now,
         )
 

@@ -54,6 +54,10 @@ class TaskState(StrEnum):
         )
 
 
+class StoreUnavailableError(Exception):
+    """The store could not be reached or could not commit; the write may be tried again."""
+
+
 def idempotency_key(run_id: str, task_id: str) -> str:
     """The key a task's side effects are deduplicated by, the same for every attempt."""
     return f"{run_id}/{task_id}"

@@ -165,6 +165,8 @@ class WorkflowService:
 
     async def retry_from_failed(self, run_id: str) -> Run:
         """Resume a failed (or cancelled) run from its failed tasks: what succeeded is kept."""
+        if self.executor.live(run_id) is not None:
+            raise ConflictError(f"run {run_id} is running", code="run_not_failed")
         run = await self.run(run_id)
         if run.state not in (RunState.FAILED, RunState.CANCELLED):
             raise ConflictError(

@@ -423,3 +423,125 @@ async def test_a_task_over_its_timeout_fails_with_the_timeout_class(
     run, tasks = await finish(service, (await service.start("slow", {}, trigger="manual")).id)
     assert run.state is RunState.FAILED
     assert tasks["s"].error_class == "timeout" and "0.2" in (tasks["s"].error or "")
+
+
+def flaky_item(ctx: TaskContext, value: int) -> int:
+    if value % 2 and ctx.attempt == 1:
+        raise ConnectionError(f"item {value} failed once")
+    return value
+
+
+def fail_on(ctx: TaskContext, value: int, bad: int = 0) -> int:
+    if value == bad:
+        raise TaskFailure(f"item {value} is bad", "python", retryable=False)
+    return value
+
+
+def item_task(fn: str) -> dict[str, Any]:
+    return {"type": "python", "callable": f"{HERE}:{fn}", "args": {"value": "{{ item }}"}}
+
+
+def huge(ctx: TaskContext) -> int:
+    return 2**70
+
+
+async def test_a_map_whose_items_retry_finishes_with_every_item(service: WorkflowService) -> None:
+    await service.apply(
+        {
+            "name": "retrying-map",
+            "tasks": [
+                {
+                    "id": "m",
+                    "type": "map",
+                    "over": "{{ range(30) | list }}",
+                    "max_parallel": 4,
+                    "retry": {"max_attempts": 3, "delay_s": 0.05},
+                    "task": item_task("flaky_item"),
+                }
+            ],
+        },
+        None,
+    )  # fmt: skip
+    run, tasks = await finish(
+        service, (await service.start("retrying-map", {}, trigger="manual")).id
+    )
+    assert run.state is RunState.SUCCEEDED
+    assert tasks["m"].output == list(range(30))
+    assert {tasks[f"m[{i}]"].attempts for i in range(1, 30, 2)} == {2}
+
+
+async def test_a_failing_map_under_continue_cancels_its_unstarted_items(
+    service: WorkflowService,
+) -> None:
+    await service.apply(
+        {
+            "name": "map-continue",
+            "tasks": [
+                {
+                    "id": "m", "type": "map", "over": "{{ [0, 1, 2, 3] }}", "max_parallel": 1,
+                    "on_failure": "continue",
+                    "task": item_task("fail_on"),
+                },
+                py("other", "echo_key"),
+            ],
+        },
+        None,
+    )  # fmt: skip
+    run, tasks = await finish(
+        service, (await service.start("map-continue", {}, trigger="manual")).id
+    )
+    assert run.state is RunState.FAILED and tasks["other"].state is TaskState.SUCCEEDED
+    assert tasks["m"].state is TaskState.FAILED and "m[0]" in (tasks["m"].error or "")
+    assert {tasks[f"m[{i}]"].state for i in (1, 2, 3)} == {TaskState.CANCELLED}
+
+
+async def test_an_output_that_cannot_be_stored_fails_only_its_task(
+    service: WorkflowService,
+) -> None:
+    await service.apply(
+        {"name": "huge", "tasks": [py("big", "huge"), py("after", "echo_key", ["big"])]}, None
+    )
+    await service.apply({"name": "fine", "tasks": [py("ok", "echo_key")]}, None)
+    huge_run = await service.start("huge", {}, trigger="manual")
+    fine_run = await service.start("fine", {}, trigger="manual")
+    huge_run, tasks = await finish(service, huge_run.id)
+    assert huge_run.state is RunState.FAILED and "cannot be stored" in (tasks["big"].error or "")
+    assert (await finish(service, fine_run.id))[0].state is RunState.SUCCEEDED
+
+
+async def test_a_thousand_deep_chain_of_skips_does_not_recurse(service: WorkflowService) -> None:
+    never = [{"when": "false", "then": ["s0"]}]
+    chain: list[dict[str, Any]] = [{"id": "gate", "type": "branch", "cases": never, "default": []}]
+    chain += [py(f"s{i}", "echo_key", ["gate" if i == 0 else f"s{i - 1}"]) for i in range(1500)]
+    await service.apply({"name": "deep", "tasks": chain}, None)
+    run, tasks = await finish(service, (await service.start("deep", {}, trigger="manual")).id)
+    assert run.state is RunState.SUCCEEDED
+    assert sum(task.state is TaskState.SKIPPED for task in tasks.values()) == 1500
+
+
+async def test_a_cancelled_caller_does_not_break_a_group_commit(tmp_path: Path) -> None:
+    from openautoglm.workflows.commits import GroupCommit
+
+    engine = await open_database(f"sqlite+aiosqlite:///{tmp_path / 'gc.db'}")
+    store = SqlWorkflowStore(engine)
+    try:
+        from openautoglm.workflows.model import Run
+
+        run = Run("r", "wf", 1, RunState.RUNNING, {}, datetime(2026, 11, 25, tzinfo=UTC))
+        await store.create_run(run, [TaskRun("r", t, TaskState.PENDING) for t in "abc"])
+        commits = GroupCommit(store)
+        first = asyncio.ensure_future(commits.apply(None, [TaskRun("r", "a", TaskState.SUCCEEDED)]))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(
+            commits.apply(None, [TaskRun("r", "b", TaskState.SUCCEEDED)])
+        )
+        third = asyncio.ensure_future(commits.apply(None, [TaskRun("r", "c", TaskState.SUCCEEDED)]))
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.wait_for(asyncio.gather(second, third), timeout=5)
+        await commits.close()
+        states = {t.task_id: t.state for t in await store.tasks("r")}
+        assert states == dict.fromkeys("abc", TaskState.SUCCEEDED)  # the cancelled one too
+    finally:
+        await store.close()
+        await engine.dispose()
