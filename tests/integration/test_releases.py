@@ -86,6 +86,7 @@ def test_a_failing_candidate_is_rolled_back_and_clients_see_errors_only_from_its
     assert final["reason"].startswith("analysis failed: error rate")
     assert final["weight"] == 0.0
     errors = [o for o in outcomes if o[1] != 200]
+    assert {version for _, _, version in errors} == {"v2"}  # error answers name the version too
     served = Counter(version for _, status, version in outcomes if status == 200)
     assert errors, "the candidate's injected failures never reached a client"
     assert all(at <= rolled_back_at for at, _, _ in errors)

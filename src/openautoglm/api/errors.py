@@ -101,6 +101,8 @@ def response_for(exc: Exception, request: Request) -> Response:
     trace = request.scope.get("state", {}).get("trace")
     if trace is not None:
         trace.error_code = _code_of(exc, response)
+        if trace.version is not None:  # a registry version failed: say which one
+            response.headers["X-AutoGLM-Version"] = trace.version
     return response
 
 

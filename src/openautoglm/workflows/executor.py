@@ -71,9 +71,18 @@ class Executor(Dispatcher):
         running = [t for live in self._live.values() for t in live.running.values()]
         await asyncio.gather(*self._loops, *running, return_exceptions=True)
 
-    ready_count = property(lambda self: len(self._ready))
-    running_count = property(lambda self: sum(len(r.running) for r in self._live.values()))
-    active_runs = property(lambda self: len(self._live))
+    @property
+    def ready_count(self) -> int:
+        """Tasks waiting for a worker."""
+        return len(self._ready)
+
+    @property
+    def running_count(self) -> int:
+        return sum(len(live.running) for live in self._live.values())
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._live)
 
     def live(self, run_id: str) -> LiveRun | None:
         return self._live.get(run_id)
