@@ -63,6 +63,8 @@ class Flow:
                 self._dependents[dependency].append(task.id)
         self.items: dict[str, list[Any]] = {}
         self.progress: dict[str, MapProgress] = {}
+        self._cursor: dict[str, int] = {}  # per task: its dependencies known finished
+        self._depends_sets: dict[str, frozenset[str]] = {}
         self.queued_at: dict[str, float] = {}  # released, not yet taken by a worker
         self.uncommitted: set[str] = set()  # finished in memory, not yet in the store
 
@@ -250,14 +252,30 @@ class Flow:
                 out += self._dependents.get(task_id, ())
         return list(dict.fromkeys(out))
 
+    def _depends_set(self, spec: TaskSpec) -> frozenset[str]:
+        found = self._depends_sets.get(spec.id)
+        if found is None:
+            found = self._depends_sets[spec.id] = frozenset(spec.depends)
+        return found
+
     def _decide(self, task_id: str, tasks: Mapping[str, TaskRun]) -> TaskState | None:
         """PENDING: ready to run; SKIPPED; None: still waiting for dependencies."""
         spec = self._specs[task_id]
-        if any(d in self.uncommitted for d in spec.depends):
+        depends = spec.depends
+        if self.uncommitted and not self.uncommitted.isdisjoint(self._depends_set(spec)):
             return None  # decided again once that dependency is committed
-        states = [tasks[d].state for d in spec.depends]
-        if not all(state.finished for state in states):
+        # Dependencies only ever finish, so a cursor past the finished (and committed) ones
+        # makes a join with thousands of dependencies cost O(1) per finished dependency.
+        index = self._cursor.get(task_id, 0)
+        while index < len(depends):
+            dependency = depends[index]
+            if not tasks[dependency].state.finished:
+                break
+            index += 1
+        self._cursor[task_id] = index
+        if index < len(depends):
             return None
+        states = [tasks[d].state for d in depends]
         if spec.trigger == "all_done":
             return TaskState.PENDING
         if spec.trigger == "none_failed":
