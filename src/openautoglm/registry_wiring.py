@@ -8,6 +8,7 @@ releases up, then runs the release loop and the webhook dispatcher in the backgr
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -27,6 +28,8 @@ from openautoglm.routing.versions import Drainer, VersionServing
 from openautoglm.store.registry_sql import SqlRegistryStore
 from openautoglm.store.releases_sql import SqlReleaseStore
 from openautoglm.store.webhooks_sql import SqlWebhookOutbox
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -79,7 +82,10 @@ async def build_registry(
         serving.hold,
     )
     registry = Registry(service, controller, runtime, validations, dispatcher, outbox)
-    await runtime.sync()
+    try:
+        await runtime.sync()
+    except Exception:  # serve what can be served; the loop keeps trying
+        logger.exception("could not bring registry versions up at start")
     registry.background = [
         asyncio.ensure_future(
             run_releases(runtime, settings.release_tick_s, settings.reload_interval_s)

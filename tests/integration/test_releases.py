@@ -339,3 +339,25 @@ def test_shadow_traffic_judges_a_candidate_that_no_client_ever_sees(
     assert set(statuses) == {(200, "v1")}  # every client got the stable answer
     assert final["analysis"]["candidate"]["shadow_requests"] >= 10
     assert final["analysis"]["candidate"]["error_rate"] == 1.0
+
+
+def test_a_candidate_that_cannot_start_leaves_traffic_on_stable(
+    server: RunningServer, people: Team
+) -> None:
+    register(people, "unstartable")
+    deploy(people, "unstartable", "v1", echo_version("fine"))
+    broken = [{"backend": "llamacpp", "model_path": "/nonexistent/model.gguf"}]
+    deploy(people, "unstartable", "v2", broken)
+    release = start_release(people, "unstartable", "v2", steps=[50, 100], interval_s=3600)
+    assert release["state"] == "running"
+    answers = [chat(people.admin, "unstartable") for _ in range(20)]
+    assert {(a.status_code, a.headers.get("x-autoglm-version")) for a in answers} == {(200, "v1")}
+    back = ok(people.submitter.post(f"/v1/releases/{release['id']}/rollback"))
+    assert back["state"] == "rolled_back"
+    # the release loop is still alive: a new release of a healthy version goes through
+    deploy(people, "unstartable", "v3", echo_version("also fine"))
+    third = start_release(people, "unstartable", "v3", steps=[100], interval_s=3600)
+    assert {chat(people.admin, "unstartable").headers["x-autoglm-version"] for _ in range(5)} == {
+        "v3"
+    }
+    ok(people.submitter.post(f"/v1/releases/{third['id']}/abort"))

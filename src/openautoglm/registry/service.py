@@ -13,7 +13,7 @@ serves its traffic); later ones reach traffic through a release (``releases/``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -99,6 +99,9 @@ class RegistryService:
         self.store = store
         self._clock = clock
         self._audit = audit
+        # Says why a version may not be moved by hand now (it is in an active release); the
+        # release controller installs it and moves such versions itself.
+        self.release_guard: Callable[[str, str], Awaitable[str | None]] | None = None
 
     # models
 
@@ -257,6 +260,10 @@ class RegistryService:
     ) -> ModelVersion:
         """A caller's request to move a version (approve, reject, deprecate, …)."""
         require_writer(principal)
+        if self.release_guard is not None:
+            busy = await self.release_guard(model, version)
+            if busy is not None:
+                raise ConflictError(busy, code="version_in_release")
         return await self.move(actor_of(principal), model, version, target, reason)
 
     async def history(self, model: str, version: str) -> list[Transition]:

@@ -16,7 +16,7 @@ deciding at once one wins, and a crash leaves all of it or none.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from itertools import pairwise
 from typing import Any
@@ -68,6 +68,16 @@ class ReleaseController:
         self._clock = clock
         self._active: dict[str, Release] = {}
         self._champions: dict[str, str] = {}
+        registry.release_guard = self._guard
+
+    async def _guard(self, model: str, version: str) -> str | None:
+        for release in await self.store.list(model, True):
+            if version in (release.stable_version, release.candidate_version):
+                return (
+                    f"{model} version {version} is in release {release.id}: promote, abort "
+                    "or roll back the release instead"
+                )
+        return None
 
     # reading state
 
@@ -95,14 +105,22 @@ class ReleaseController:
         self._champions = champions
         self._active = {release.model: release for release in await self.store.list(None, True)}
 
-    def apply_routes(self) -> None:
-        """Point the split at what was loaded (after the versions' instances are up)."""
+    def apply_routes(self, available: Callable[[str, str], bool] | None = None) -> None:
+        """Point the split at what was loaded (after the versions' instances are up). A
+        candidate whose instances are not ``available`` gets no traffic."""
         for model in set(self.split.models()) - set(self._champions) - set(self._active):
             self.split.clear(model)
         for model, champion in self._champions.items():
             release = self._active.get(model)
             if release is None:
                 self.split.set_route(model, Route(champion, None, 0.0, None))
+            elif available is not None and not available(model, release.candidate_version):
+                logger.warning(
+                    "candidate %s of %s has no instances: no traffic",
+                    release.candidate_version,
+                    model,
+                )
+                self.split.set_route(model, Route(release.stable_version, None, 0.0, None))
             else:
                 self._route(release)
 
@@ -279,8 +297,7 @@ class ReleaseController:
             {"champion": release.stable_version},
         )
         self._champions[release.model] = release.stable_version
-        self._route(finished)
-        return finished
+        return finished  # traffic moves at the next sync, once the stable's instances run
 
     # the loop
 

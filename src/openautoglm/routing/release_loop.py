@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,6 +22,7 @@ from openautoglm.releases.controller import ReleaseController
 from openautoglm.routing.versions import VersionServing
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class ReleaseRuntime:
@@ -35,8 +38,13 @@ class ReleaseRuntime:
             await self.controller.load()
             wanted = self.controller.serving()
             await self.serving.ensure(wanted)
-            self.controller.apply_routes()
+            self.controller.apply_routes(self.serving.has)
             await self.serving.prune(wanted)
+
+    async def run_locked(self, action: Callable[[], Awaitable[T]]) -> T:
+        """Run an operator's action on the releases without a sync or tick in between."""
+        async with self._lock:
+            return await action()
 
     async def tick(self) -> bool:
         """Analyse and move releases; True when one changed (then the caller syncs)."""
@@ -56,3 +64,5 @@ async def run_releases(runtime: ReleaseRuntime, tick_s: float, reload_s: float) 
                 last_sync = time.monotonic()
         except (OpenAutoGLMError, SQLAlchemyError, OSError) as exc:
             logger.warning("release loop: %s", exc)
+        except Exception:  # the loop keeps rollbacks working: it must not die
+            logger.exception("release loop failed; going on")

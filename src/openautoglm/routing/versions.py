@@ -46,8 +46,16 @@ class VersionServing:
         """Start the instances of every wanted version that has none here yet."""
         for model_name, versions in wanted.items():
             for version in sorted(versions):
-                if not self._has(model_name, version):
+                if self._has(model_name, version):
+                    continue
+                try:
                     await self._start(model_name, version)
+                except Exception:  # one version that cannot start must not stop the others
+                    logger.exception("version %s of %s could not start", version, model_name)
+
+    def has(self, model: str, version: str) -> bool:
+        """Whether ``version`` of ``model`` has instances here."""
+        return self._has(model, version)
 
     async def prune(self, wanted: Mapping[str, set[str]]) -> None:
         """Drain the instances of versions neither wanted nor held."""

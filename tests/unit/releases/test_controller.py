@@ -168,3 +168,41 @@ async def test_state_is_restored_from_the_store(harness: Harness, tmp_path: Path
     assert fresh.serving() == {"chat": {"v1", "v2"}}
     route = fresh.split.route("chat")
     assert route is not None and (route.candidate, route.weight) == ("v2", 30.0)
+
+
+async def test_a_version_in_a_release_cannot_be_moved_by_hand(harness: Harness) -> None:
+    from openautoglm.core.errors import ConflictError
+
+    controller = harness.controller
+    release = await controller.start(OPERATOR, "chat", "v2", [10, 100], 600)
+    for version, target in (("v2", VersionState.DEPRECATED), ("v1", VersionState.DEPRECATED)):
+        with pytest.raises(ConflictError) as refused:
+            await controller.registry.transition(OPERATOR, "chat", version, target)
+        assert refused.value.code == "version_in_release" and release.id in str(refused.value)
+    rolled = await controller.rollback(OPERATOR, release.id, "changed our minds")
+    assert rolled.state is ReleaseState.ROLLED_BACK  # the release can still end
+
+
+async def test_a_candidate_without_instances_gets_no_traffic(harness: Harness) -> None:
+    controller = harness.controller
+    await controller.start(OPERATOR, "chat", "v2", [50, 100], 600)
+    controller.apply_routes(lambda model, version: version != "v2")
+    route = controller.split.route("chat")
+    assert route is not None and (route.stable, route.candidate) == ("v1", None)
+    controller.apply_routes(lambda model, version: True)
+    route = controller.split.route("chat")
+    assert route is not None and (route.candidate, route.weight) == ("v2", 50.0)
+
+
+async def test_rolling_back_a_promotion_waits_for_the_stable_instances(harness: Harness) -> None:
+    controller = harness.controller
+    release = await controller.start(OPERATOR, "chat", "v2", [100], 600)
+    await controller.promote(OPERATOR, release.id)
+    assert controller.split.route("chat").stable == "v2"  # type: ignore[union-attr]
+    await controller.rollback(OPERATOR, release.id, None)
+    # the old stable's instances were drained after the promotion: the route moves at the
+    # next sync, after they started again, not before
+    assert controller.split.route("chat").stable == "v2"  # type: ignore[union-attr]
+    assert controller.serving() == {"chat": {"v1"}}
+    controller.apply_routes()
+    assert controller.split.route("chat").stable == "v1"  # type: ignore[union-attr]

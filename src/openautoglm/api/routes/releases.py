@@ -7,6 +7,8 @@ Operators, admins and platform admins start and steer releases; any key reads th
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, status
@@ -95,14 +97,16 @@ def release_out(release: Release, analysis: dict[str, Any] | None = None) -> Rel
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ReleaseOut)
 async def start_release(body: ReleaseCreate, actor: Caller, registry: Reg) -> ReleaseOut:
-    release = await registry.releases.start(
-        actor,
-        body.model,
-        body.candidate,
-        body.steps,
-        body.interval_s,
-        body.thresholds,
-        body.shadow,
+    release = await registry.runtime.run_locked(
+        lambda: registry.releases.start(
+            actor,
+            body.model,
+            body.candidate,
+            body.steps,
+            body.interval_s,
+            body.thresholds,
+            body.shadow,
+        )
     )
     await registry.runtime.sync()  # the candidate's instances start, then traffic moves
     return release_out(release)
@@ -129,16 +133,15 @@ async def _act(
     actor: Principal, registry: Registry, release_id: str, action: str, reason: str | None
 ) -> ReleaseOut:
     controller = registry.releases
-    if action == "pause":
-        release = await controller.pause(actor, release_id)
-    elif action == "resume":
-        release = await controller.resume(actor, release_id)
-    elif action == "promote":
-        release = await controller.promote(actor, release_id)
-    elif action == "abort":
-        release = await controller.abort(actor, release_id, reason)
-    else:
-        release = await controller.rollback(actor, release_id, reason)
+    actions: dict[str, Callable[[], Awaitable[Release]]] = {
+        "pause": partial(controller.pause, actor, release_id),
+        "resume": partial(controller.resume, actor, release_id),
+        "promote": partial(controller.promote, actor, release_id),
+        "abort": partial(controller.abort, actor, release_id, reason),
+        "rollback": partial(controller.rollback, actor, release_id, reason),
+    }
+    act = actions[action]
+    release = await registry.runtime.run_locked(act)
     await registry.runtime.sync()
     return release_out(release, controller.analysis(release))
 
