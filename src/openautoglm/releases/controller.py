@@ -18,36 +18,26 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
-from itertools import pairwise
 from typing import Any
 
 from openautoglm.core.clock import Clock
 from openautoglm.core.errors import ConflictError, InvalidRequestError, NotFoundError
 from openautoglm.core.ids import new_object_id
 from openautoglm.registry.lifecycle import Actor, VersionState
-from openautoglm.registry.model import OutboxEvent
 from openautoglm.registry.service import RegistryService, actor_of, require_writer
 from openautoglm.releases.analysis import Thresholds, Verdict, VersionTraffic, analyse_version
-from openautoglm.releases.model import Release, ReleaseState, ReleaseStore
+from openautoglm.releases.model import (
+    Release,
+    ReleaseState,
+    ReleaseStore,
+    checked_steps,
+    release_event,
+)
 from openautoglm.releases.split import Route, TrafficSplit
 from openautoglm.tenancy.model import Principal
 
 logger = logging.getLogger(__name__)
 CONTROLLER = Actor("release-controller", can_approve=False)
-MAX_STEPS = 20
-
-
-def checked_steps(steps: Sequence[float]) -> tuple[float, ...]:
-    """Candidate percentages: rising, in (0, 100], ending at 100."""
-    if not steps or len(steps) > MAX_STEPS:
-        raise InvalidRequestError(f"give 1-{MAX_STEPS} steps", param="steps")
-    if any(not 0 < step <= 100 for step in steps):
-        raise InvalidRequestError("each step is a percentage in (0, 100]", param="steps")
-    if any(later <= earlier for earlier, later in pairwise(steps)):
-        raise InvalidRequestError("steps must rise", param="steps")
-    if steps[-1] != 100:
-        raise InvalidRequestError("the last step must be 100", param="steps")
-    return tuple(float(step) for step in steps)
 
 
 class ReleaseController:
@@ -220,7 +210,7 @@ class ReleaseController:
         )
 
         async def write(connection: Any) -> None:
-            await self.store.add_in(connection, release, [_event(release, "started")])
+            await self.store.add_in(connection, release, [release_event(release, "started")])
 
         await self.registry.move(
             actor_of(principal),
@@ -384,7 +374,7 @@ class ReleaseController:
         saved = replace(release, revision=release.revision + 1)
 
         async def write(connection: Any) -> None:
-            await self.store.update_in(connection, saved, [_event(saved, what)])
+            await self.store.update_in(connection, saved, [release_event(saved, what)])
 
         await self.registry.move(
             actor,
@@ -401,7 +391,7 @@ class ReleaseController:
 
     async def _save(self, release: Release, what: str, actor: Actor) -> Release:
         saved = await self.store.update(
-            replace(release, revision=release.revision + 1), [_event(release, what)]
+            replace(release, revision=release.revision + 1), [release_event(release, what)]
         )
         if saved.state.active:
             self._active[saved.model] = saved
@@ -416,7 +406,7 @@ class ReleaseController:
             f"release.{what}",
             release.model,
             release.candidate_version,
-            _event(release, what).data,
+            release_event(release, what).data,
         )
 
     async def _active_release(self, release_id: str, state: ReleaseState | None) -> Release:
@@ -438,19 +428,3 @@ class ReleaseController:
         else:
             self._active[release.model] = fresh
             self._route(fresh)
-
-
-def _event(release: Release, what: str) -> OutboxEvent:
-    return OutboxEvent(
-        "release.changed",
-        {
-            "release": release.id,
-            "model": release.model,
-            "change": what,
-            "state": release.state.value,
-            "stable": release.stable_version,
-            "candidate": release.candidate_version,
-            "weight": release.weight,
-            "reason": release.reason,
-        },
-    )

@@ -15,9 +15,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from itertools import pairwise
 from typing import Any, Protocol
 
+from openautoglm.core.errors import InvalidRequestError
 from openautoglm.registry.model import OutboxEvent
+
+MAX_STEPS = 20
 
 
 class ReleaseState(StrEnum):
@@ -101,3 +105,33 @@ class ReleaseStore(Protocol):
     async def list(self, model: str | None = None, active_only: bool = False) -> list[Release]: ...
 
     async def latest(self, model: str) -> Release | None: ...
+
+
+def checked_steps(steps: Sequence[float]) -> tuple[float, ...]:
+    """Candidate percentages: rising, in (0, 100], ending at 100."""
+    if not steps or len(steps) > MAX_STEPS:
+        raise InvalidRequestError(f"give 1-{MAX_STEPS} steps", param="steps")
+    if any(not 0 < step <= 100 for step in steps):
+        raise InvalidRequestError("each step is a percentage in (0, 100]", param="steps")
+    if any(later <= earlier for earlier, later in pairwise(steps)):
+        raise InvalidRequestError("steps must rise", param="steps")
+    if steps[-1] != 100:
+        raise InvalidRequestError("the last step must be 100", param="steps")
+    return tuple(float(step) for step in steps)
+
+
+def release_event(release: Release, what: str) -> OutboxEvent:
+    """The ``release.changed`` webhook (and audit detail) of a change."""
+    return OutboxEvent(
+        "release.changed",
+        {
+            "release": release.id,
+            "model": release.model,
+            "change": what,
+            "state": release.state.value,
+            "stable": release.stable_version,
+            "candidate": release.candidate_version,
+            "weight": release.weight,
+            "reason": release.reason,
+        },
+    )
