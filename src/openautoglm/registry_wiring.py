@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from openautoglm.audit.log import AuditLog
-from openautoglm.config.settings import RegistrySettings
+from openautoglm.config.registry import RegistrySettings
 from openautoglm.core.clock import Clock
 from openautoglm.gateway.evaluation import GatewayAsker, GatewayJudge
 from openautoglm.gateway.pipeline import Gateway

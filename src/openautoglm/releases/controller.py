@@ -25,7 +25,7 @@ from openautoglm.core.errors import ConflictError, InvalidRequestError, NotFound
 from openautoglm.core.ids import new_object_id
 from openautoglm.registry.lifecycle import Actor, VersionState
 from openautoglm.registry.service import RegistryService, actor_of, require_writer
-from openautoglm.releases.analysis import Thresholds, Verdict, VersionTraffic, analyse_version
+from openautoglm.releases.analysis import Verdict, VersionTraffic, analyse_version
 from openautoglm.releases.model import (
     Release,
     ReleaseState,
@@ -34,6 +34,7 @@ from openautoglm.releases.model import (
     release_event,
 )
 from openautoglm.releases.split import Route, TrafficSplit
+from openautoglm.releases.thresholds import Thresholds
 from openautoglm.tenancy.model import Principal
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from openautoglm.config.settings import WebhookConfig
+from openautoglm.config.registry import WebhookConfig
 from openautoglm.core.errors import ConflictError
 from openautoglm.registry.lifecycle import Transition, VersionState
 from openautoglm.registry.model import (

@@ -15,7 +15,7 @@ import orjson
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from openautoglm.config.settings import WebhookConfig
+from openautoglm.config.registry import WebhookConfig
 from openautoglm.core.errors import ConflictError
 from openautoglm.registry.model import OutboxEvent
 from openautoglm.releases.model import Release, ReleaseState

@@ -21,7 +21,7 @@ from typing import Any, get_args
 from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from openautoglm.config.settings import WebhookConfig, WebhookEvent
+from openautoglm.config.registry import WebhookConfig, WebhookEvent
 from openautoglm.core.ids import new_object_id
 from openautoglm.registry.model import OutboxEvent
 from openautoglm.registry.webhooks import Delivery, envelope, is_subscribed

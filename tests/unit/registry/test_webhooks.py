@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.support.servers import free_port
 
-from openautoglm.config.settings import WebhookConfig
+from openautoglm.config.registry import WebhookConfig
 from openautoglm.core.clock import ManualClock
 from openautoglm.registry.webhooks import (
     DELIVERY_HEADER,

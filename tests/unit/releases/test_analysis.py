@@ -9,9 +9,7 @@ import pytest
 from openautoglm.core.clock import ManualClock
 from openautoglm.core.errors import InvalidRequestError
 from openautoglm.releases.analysis import (
-    CustomThreshold,
     Sample,
-    Thresholds,
     Verdict,
     VersionTraffic,
     VersionWindow,
@@ -20,6 +18,7 @@ from openautoglm.releases.analysis import (
     analyse_version,
     p99,
 )
+from openautoglm.releases.thresholds import CustomThreshold, Thresholds
 
 
 def ok(at: float, latency_s: float = 0.1, ttft_s: float | None = None) -> Sample:

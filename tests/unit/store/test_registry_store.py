@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.support.databases import database_url
 
-from openautoglm.config.settings import WebhookConfig
+from openautoglm.config.registry import WebhookConfig
 from openautoglm.core.clock import ManualClock
 from openautoglm.core.errors import ConflictError
 from openautoglm.registry.lifecycle import Actor, VersionState, transition

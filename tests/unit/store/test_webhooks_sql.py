@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from tests.support.databases import database_url
 
-from openautoglm.config.settings import WebhookConfig, WebhookEvent
+from openautoglm.config.registry import WebhookConfig, WebhookEvent
 from openautoglm.registry.webhooks import envelope
 from openautoglm.store.database import create_engine, open_database, write_transaction
 from openautoglm.store.webhooks_sql import SqlWebhookOutbox, enqueue
