@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from openautoglm.cli import audit, keys, models, policies, releases, tenants, workflows
+from openautoglm.cli import audit, keys, models, policies, releases, runs, tenants, workflows
 from openautoglm.cli.common import ConfigOption, err, settings_or_exit
 from openautoglm.core.version import __version__
 
@@ -20,7 +20,7 @@ app.add_typer(audit.app, name="audit")
 app.add_typer(models.app, name="models")
 app.add_typer(releases.app, name="releases")
 app.add_typer(workflows.app, name="workflows")
-app.add_typer(workflows.runs_app, name="runs")
+app.add_typer(runs.app, name="runs")
 
 
 @app.command()

@@ -8,55 +8,41 @@ message is printed), 2 bad input; ``validate`` exits 0 passed, 1 failed, 2 error
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import typer
 import yaml
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from rich.text import Text
 
 from openautoglm.cli.common import err, out
+from openautoglm.cli.registry_args import (
+    GateOption,
+    NameArg,
+    ReasonOption,
+    VersionArg,
+    model_path,
+    print_metrics,
+)
 from openautoglm.cli.remote import (
     DEFAULT_URL,
     ApiKeyOption,
-    Remote,
     UrlOption,
     cell,
     connect,
-    duration_option,
-    fail,
     fields,
-    number,
     parse_pairs,
     when,
 )
+from openautoglm.cli.validations import compare, validate
 
 app = typer.Typer(
     help="Register, validate, approve and compare model versions (on a running server).",
     no_args_is_help=True,
 )
 
-POLL_S = 0.2
 SPEC_KEYS = frozenset({"instances", "parameters", "tags", "lineage", "description"})
-EXIT_BY_STATUS = {"passed": 0, "failed": 1, "error": 2}
-
-NameArg = Annotated[str, typer.Argument(help="model name")]
-VersionArg = Annotated[str, typer.Argument(help="version")]
-ReasonOption = Annotated[str | None, typer.Option(help="why (kept in the version's history)")]
-GateOption = Annotated[
-    list[str] | None,
-    typer.Option("--gate", help="METRIC=EXPR, e.g. accuracy='>=0.8' (repeatable)"),
-]
-
-
-def _path(name: str, version: str | None = None) -> str:
-    path = f"/v1/registry/models/{quote(name, safe='')}"
-    return path if version is None else f"{path}/versions/{quote(version, safe='')}"
 
 
 @app.command("list")
@@ -82,10 +68,10 @@ def show(
     """Show a model and its versions, or one version in full."""
     with connect(url, api_key) as remote:
         if version is not None:
-            _print_version(remote.call("GET", _path(name, version)))
+            _print_version(remote.call("GET", model_path(name, version)))
             return
-        model = remote.call("GET", _path(name))
-        versions = remote.call("GET", f"{_path(name)}/versions")["data"]
+        model = remote.call("GET", model_path(name))
+        versions = remote.call("GET", f"{model_path(name)}/versions")["data"]
     out.print(
         fields(
             ("model", model["name"]),
@@ -120,19 +106,12 @@ def _print_version(found: dict[str, Any]) -> None:
         )
     )
     if found.get("evaluation"):
-        _print_metrics(found["evaluation"], "latest evaluation")
+        print_metrics(found["evaluation"], "latest evaluation")
     history = Table("at", "from", "to", "actor", "reason", title="history", title_justify="left")
     for move in found.get("history") or ():
         row = (move["from_state"], move["to_state"], move["actor"], move["reason"])
         history.add_row(when(move["at"]), *map(cell, row))
     out.print(history)
-
-
-def _print_metrics(metrics: dict[str, Any], title: str) -> None:
-    table = Table("metric", "value", title=title, title_justify="left")
-    for metric, value in metrics.items():
-        table.add_row(metric, number(value))
-    out.print(table)
 
 
 @app.command("register")
@@ -201,7 +180,7 @@ def add_version(
     if description is not None:
         body["description"] = description
     with connect(url, api_key) as remote:
-        added = remote.call("POST", f"{_path(name)}/versions", json=body)
+        added = remote.call("POST", f"{model_path(name)}/versions", json=body)
     count = len(added["instances"])
     err.print(
         f"Added {escape(name)} version {escape(added['version'])} ({added['state']}, "
@@ -240,7 +219,7 @@ def _move(
     with connect(url, api_key) as remote:
         moved = remote.call(
             "POST",
-            f"{_path(name, version)}/transitions",
+            f"{model_path(name, version)}/transitions",
             json={"to": state, "reason": reason},
         )
     following = ", ".join(moved["allowed_next"]) or "nothing (final)"
@@ -317,121 +296,12 @@ def alias(
         "remove": ["challenger"] if remove_challenger else [],
     }
     with connect(url, api_key) as remote:
-        aliases = remote.call("PUT", f"{_path(name)}/aliases", json=body)
+        aliases = remote.call("PUT", f"{model_path(name)}/aliases", json=body)
     shown = ", ".join(f"{k}: {v}" for k, v in sorted(aliases.items())) or "none"
     err.print(f"{escape(name)} aliases: {escape(shown)}.")
 
 
 # -- validation and comparison -----------------------------------------------------------------
 
-
-@app.command("validate")
-def validate(
-    name: NameArg,
-    version: VersionArg,
-    dataset: Annotated[Path, typer.Option(help="evaluation set, JSON Lines")],
-    gate: GateOption = None,
-    judge_model: Annotated[str | None, typer.Option(help="model that grades judge items")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, max=64, help="items in flight")] = 4,
-    wait: Annotated[bool, typer.Option(help="follow the run until it ends")] = True,
-    timeout: Annotated[int, duration_option("2h", "stop following after this long")] = 7200,
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-) -> None:
-    """Run an evaluation set against a version through the gateway and check its gates.
-
-    A run that passes moves a version in development to pending_approval (submitted by you).
-    Without ``--no-wait``: exit 0 passed, 1 failed, 2 error.
-    """
-    try:
-        text = dataset.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        fail(f"cannot read dataset {dataset}: {getattr(exc, 'strerror', None) or exc}")
-        raise typer.Exit(2) from exc
-    body = {
-        "dataset_jsonl": text,
-        "gates": parse_pairs(gate, "--gate") if gate else None,
-        "judge_model": judge_model,
-        "concurrency": concurrency,
-    }
-    with connect(url, api_key) as remote:
-        run = remote.call("POST", f"{_path(name, version)}/validations", json=body)
-        if not wait:
-            print(run["id"])
-            return
-        run = _follow(remote, run, timeout)
-    _print_run(run)
-    raise typer.Exit(EXIT_BY_STATUS[run["status"]])
-
-
-def _follow(remote: Remote, run: dict[str, Any], timeout_s: int) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    label = escape(f"validating {run['model']} {run['version']}")
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err) as progress:
-        task = progress.add_task(label, total=run["total"], completed=run["done"])
-        while run["status"] == "running":
-            if time.monotonic() > deadline:
-                progress.stop()
-                fail(f"run {run['id']} is still running after {timeout_s} s; stopped following")
-                raise typer.Exit(2)
-            time.sleep(POLL_S)
-            run = remote.call("GET", f"/v1/registry/validations/{quote(run['id'], safe='')}")
-            progress.update(task, completed=run["done"])
-    return run
-
-
-def _print_run(run: dict[str, Any]) -> None:
-    if run["metrics"]:
-        _print_metrics(run["metrics"], f"metrics ({run['total']} items)")
-    if run["gate_results"]:
-        gates = Table("gate", "value", "result", title="gates", title_justify="left")
-        for result in run["gate_results"]:
-            verdict = Text("pass", "green") if result["passed"] else Text("FAIL", "bold red")
-            gates.add_row(
-                f"{result['metric']} {result['op']} {result['threshold']:g}",
-                number(result["value"]),
-                verdict,
-            )
-        out.print(gates)
-    styles = {"passed": "bold green", "failed": "bold red", "error": "bold red"}
-    line = Text(f"validation {run['id']} {run['status']}", styles[run["status"]])
-    if run["error"]:
-        line.append(f": {run['error']}")
-    out.print(line)
-
-
-@app.command("compare")
-def compare(
-    name: NameArg,
-    versions: Annotated[list[str], typer.Argument(help="two or more versions")],
-    url: UrlOption = DEFAULT_URL,
-    api_key: ApiKeyOption = None,
-) -> None:
-    """Compare the newest finished validation run of each version, metric by metric."""
-    if len(versions) < 2:
-        raise typer.BadParameter("compare at least two versions", param_hint="VERSIONS")
-    with connect(url, api_key) as remote:
-        found = remote.call(
-            "GET", f"{_path(name)}/compare", params={"versions": ",".join(versions)}
-        )
-    table = Table("metric", *found["versions"])
-    for row in found["rows"]:
-        # A tie has no winner worth pointing at, though the server still names the first.
-        best = row["best"] if len(set(row["values"])) > 1 else None
-        table.add_row(
-            row["metric"],
-            *(
-                Text(number(v), "bold green" if i == best else "")
-                for i, v in enumerate(row["values"])
-            ),
-        )
-    table.add_section()
-    table.add_row("run", *found["runs"], style="dim")
-    out.print(table)
-    if not found["same_dataset"]:
-        err.print(
-            "[yellow]warning:[/yellow] the runs used different datasets; "
-            "the numbers are not directly comparable",
-            soft_wrap=True,
-        )
+app.command("validate")(validate)
+app.command("compare")(compare)
