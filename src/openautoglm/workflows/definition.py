@@ -18,16 +18,15 @@ block, and ``parse_workflow(spec.as_document()) == spec``). Example::
 
 The keys of each task type are in :data:`~openautoglm.workflows.schema.TASK_FIELDS`; a task's
 ``retry`` is merged key by key over ``defaults.retry``. An approval does not inherit
-``defaults.timeout_s`` (it waits for a person). In Python, :class:`Workflow` and :class:`Task`
-(or the ``@workflow.task`` decorator) build the same spec, each function becoming a ``python``
-task named ``"module:qualname"`` that a worker re-imports after a restart.
+``defaults.timeout_s`` (it waits for a person). The same spec can be built in Python
+(``workflows/python_api.py``).
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, TypeVar
@@ -138,16 +137,16 @@ class WorkflowSpec:
         document: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
-            "inputs": {name: _input_document(spec) for name, spec in self.inputs.items()},
+            "inputs": {name: input_document(spec) for name, spec in self.inputs.items()},
             "outputs": copy.deepcopy(dict(self.outputs)),
         }
         if self.max_parallel is not None:
             document["max_parallel"] = self.max_parallel
-        document["tasks"] = [_task_document(task) for task in self.tasks]
+        document["tasks"] = [task_document(task) for task in self.tasks]
         return document
 
 
-def _input_document(spec: InputSpec) -> dict[str, Any]:
+def input_document(spec: InputSpec) -> dict[str, Any]:
     document: dict[str, Any] = {"type": spec.type}
     if spec.default is not None:
         document["default"] = copy.deepcopy(spec.default)
@@ -168,7 +167,7 @@ def _retry_document(retry: RetryPolicy) -> dict[str, Any]:
     }
 
 
-def _task_document(task: TaskSpec) -> dict[str, Any]:
+def task_document(task: TaskSpec) -> dict[str, Any]:
     return {
         "id": task.id,
         "type": task.type,
@@ -335,92 +334,3 @@ def check_inputs(spec: WorkflowSpec, inputs: Mapping[str, Any]) -> dict[str, Any
             fail(f"input '{name}' must be of type {declared.type}, got {got}", f"inputs.{name}")
         checked[name] = value
     return checked
-
-
-@dataclass(frozen=True, slots=True)
-class Task:
-    """A Python task of a :class:`Workflow`: ``execute(ctx)``, sync or async, after ``depends``."""
-
-    id: str
-    execute: Callable[..., Any]
-    depends: Sequence[str] | str = ()
-    retry: RetryPolicy = RetryPolicy()
-    timeout_s: float | None = None
-    on_failure: OnFailure = "fail_run"
-    trigger: Trigger = "all_success"
-
-
-class Workflow:
-    """A workflow written in Python; :meth:`spec` validates it like a YAML document.
-
-    ``inputs`` maps names to :class:`InputSpec` or to their document form (``{"type": ...}``).
-    """
-
-    def __init__(
-        self,
-        name: str,
-        tasks: Iterable[Task] = (),
-        *,
-        inputs: Mapping[str, InputSpec | Mapping[str, Any]] | None = None,
-        outputs: Mapping[str, Any] | None = None,
-        description: str = "",
-        max_parallel: int | None = None,
-    ) -> None:
-        self.name = name
-        self.description = description
-        self.inputs = dict(inputs or {})
-        self.outputs = dict(outputs or {})
-        self.max_parallel = max_parallel
-        self._tasks = list(tasks)
-
-    @property
-    def tasks(self) -> tuple[Task, ...]:
-        """The tasks added so far, in order."""
-        return tuple(self._tasks)
-
-    def add(self, task: Task) -> Task:
-        """Add a task; ids and dependencies are checked by :meth:`spec`."""
-        self._tasks.append(task)
-        return task
-
-    def task(
-        self,
-        task_id: str | None = None,
-        *,
-        depends: Sequence[str] | str = (),
-        retry: RetryPolicy = RetryPolicy(),
-        timeout_s: float | None = None,
-        on_failure: OnFailure = "fail_run",
-        trigger: Trigger = "all_success",
-    ) -> Callable[[_F], _F]:
-        """Decorator adding the function as a task (its id defaults to the function's name)."""
-
-        def register(function: _F) -> _F:
-            task_name = task_id or function.__name__
-            self.add(Task(task_name, function, depends, retry, timeout_s, on_failure, trigger))
-            # The function itself is returned so that it stays importable by its own name.
-            return function
-
-        return register
-
-    def spec(self) -> WorkflowSpec:
-        """The validated :class:`WorkflowSpec`; raises WorkflowError like :func:`parse_workflow`."""
-        tasks = []
-        for index, task in enumerate(self._tasks):
-            try:
-                config = {"callable": schema.callable_path(task.execute)}
-            except WorkflowError as exc:
-                fail(f"task '{task.id}': {exc.message}", f"tasks[{index}].callable")
-            depends = (task.depends,) if isinstance(task.depends, str) else tuple(task.depends)
-            python = TaskSpec(task.id, "python", depends, config, task.retry, task.timeout_s)
-            tasks.append(
-                _task_document(python) | {"on_failure": task.on_failure, "trigger": task.trigger}
-            )
-        inputs = {
-            name: _input_document(value) if isinstance(value, InputSpec) else value
-            for name, value in self.inputs.items()
-        }
-        document: dict[str, Any] = {"name": self.name, "description": self.description}
-        document |= {"inputs": inputs, "outputs": self.outputs, "tasks": tasks}
-        document["max_parallel"] = self.max_parallel
-        return parse_workflow(document)

@@ -11,14 +11,13 @@ from openautoglm.core.errors import InvalidRequestError, NotFoundError
 from openautoglm.workflows.definition import (
     InputSpec,
     RetryPolicy,
-    Task,
-    Workflow,
     WorkflowError,
     WorkflowSpec,
     check_inputs,
     load_workflow,
     parse_workflow,
 )
+from openautoglm.workflows.python_api import Task, Workflow
 
 EXAMPLE = """
 name: quarterly-sales
