@@ -5,7 +5,7 @@ The server imports them by name, as it would after a restart, so they live at mo
 
 from __future__ import annotations
 
-from openautoglm.workflows.runners import TaskContext
+from openautoglm.workflows.context import TaskContext
 
 
 def add(ctx: TaskContext, a: int, b: int) -> int:

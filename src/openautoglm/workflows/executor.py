@@ -27,12 +27,13 @@ import orjson
 
 from openautoglm.core.clock import Clock
 from openautoglm.core.errors import ConflictError
+from openautoglm.workflows.context import TaskFailure
 from openautoglm.workflows.definition import TaskSpec, WorkflowSpec
 from openautoglm.workflows.dispatch import Dispatcher
 from openautoglm.workflows.flow import Flow
 from openautoglm.workflows.live import LiveRun, Settled
 from openautoglm.workflows.model import Run, RunState, TaskRun, TaskState, WorkflowStore
-from openautoglm.workflows.runners import TaskFailure, TaskRunners
+from openautoglm.workflows.runners import TaskRunners
 
 logger = logging.getLogger(__name__)
 TaskObserver = Callable[[Run, TaskRun, float | None], None]

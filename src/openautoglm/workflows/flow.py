@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from openautoglm.workflows.context import TaskContext, TaskFailure, TaskOutputs
 from openautoglm.workflows.definition import TaskSpec, WorkflowSpec
 from openautoglm.workflows.model import Run, RunState, TaskRun, TaskState
-from openautoglm.workflows.runners import TaskContext, TaskFailure, TaskOutputs
 from openautoglm.workflows.templates import TemplateError, evaluate, render_value
 
 _ITEM = re.compile(r"^(?P<map>.+)\[(?P<index>\d+)\]$")

@@ -15,9 +15,10 @@ import pytest
 from openautoglm.core.clock import ManualClock, SystemClock
 from openautoglm.store.database import open_database
 from openautoglm.store.workflows_sql import SqlWorkflowStore
+from openautoglm.workflows.context import TaskContext, TaskFailure
 from openautoglm.workflows.executor import Executor
 from openautoglm.workflows.model import RunState, TaskRun, TaskState
-from openautoglm.workflows.runners import TaskContext, TaskFailure, TaskRunners
+from openautoglm.workflows.runners import TaskRunners
 from openautoglm.workflows.service import WorkflowService
 
 HERE = "tests.unit.workflows.test_executor"

@@ -30,7 +30,8 @@ from openautoglm.core.errors import (
     UpstreamError,
 )
 from openautoglm.workflows import runners
-from openautoglm.workflows.runners import TaskContext, TaskFailure, TaskRunners
+from openautoglm.workflows.context import TaskContext, TaskFailure
+from openautoglm.workflows.runners import TaskRunners
 
 THIS_MODULE = "tests.unit.workflows.test_runners"
 
