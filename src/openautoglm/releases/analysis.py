@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
 
 from openautoglm.releases.thresholds import (
     METRIC_LABELS,
@@ -277,3 +277,21 @@ def _seconds(value: float, digits: int | None = 3) -> str:
     if digits is None:
         return f"{value:g} s"
     return f"{value:.{digits}f} s"
+
+
+def release_report(
+    traffic: VersionTraffic,
+    model: str,
+    stable: str,
+    candidate: str,
+    thresholds: Thresholds,
+    now: float,
+) -> dict[str, Any]:
+    """Both versions' window stats and the candidate's verdict, as the releases API shows them."""
+    report: dict[str, Any] = {}
+    for role, version in (("stable", stable), ("candidate", candidate)):
+        stats = traffic.stats(model, version, now, thresholds.window_s)
+        report[role] = {"version": version, **asdict(stats)}
+    verdict = analyse_version(traffic, model, candidate, now, thresholds)
+    report["verdict"] = {"status": verdict.status, "breaches": list(verdict.breaches)}
+    return report

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from openautoglm.core.clock import Clock
@@ -25,7 +25,12 @@ from openautoglm.core.errors import ConflictError, InvalidRequestError, NotFound
 from openautoglm.core.ids import new_object_id
 from openautoglm.registry.lifecycle import Actor, VersionState
 from openautoglm.registry.service import RegistryService, actor_of, require_writer
-from openautoglm.releases.analysis import Verdict, VersionTraffic, analyse_version
+from openautoglm.releases.analysis import (
+    Verdict,
+    VersionTraffic,
+    analyse_version,
+    release_report,
+)
 from openautoglm.releases.model import (
     Release,
     ReleaseState,
@@ -139,20 +144,14 @@ class ReleaseController:
 
     def analysis(self, release: Release) -> dict[str, Any]:
         """Live window metrics of both versions and the candidate's verdict."""
-        thresholds = Thresholds.from_dict(release.thresholds)
-        now = self._clock.monotonic()
-        out: dict[str, Any] = {}
-        for role, version in (
-            ("stable", release.stable_version),
-            ("candidate", release.candidate_version),
-        ):
-            stats = self.traffic.stats(release.model, version, now, thresholds.window_s)
-            out[role] = {"version": version, **asdict(stats)}
-        verdict = analyse_version(
-            self.traffic, release.model, release.candidate_version, now, thresholds
+        return release_report(
+            self.traffic,
+            release.model,
+            release.stable_version,
+            release.candidate_version,
+            Thresholds.from_dict(release.thresholds),
+            self._clock.monotonic(),
         )
-        out["verdict"] = {"status": verdict.status, "breaches": list(verdict.breaches)}
-        return out
 
     # operator actions
 
