@@ -68,6 +68,22 @@ class Remote:
         params: dict[str, Any] | None = None,
     ) -> Any:
         """Send one request; return its JSON, or print the error and exit with status 1."""
+        response = self._send(method, path, json, params)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            fail(f"the server at {self.url} sent a reply that is not JSON")
+            raise typer.Exit(1) from exc
+
+    def fetch(self, path: str, params: dict[str, Any] | None = None) -> bytes:
+        """GET a reply that is not JSON (a graph, say); errors as :meth:`call` reports them."""
+        return self._send("GET", path, None, params).content
+
+    def _send(
+        self, method: str, path: str, json: Any, params: dict[str, Any] | None
+    ) -> httpx.Response:
         try:
             response = self._http.request(method, path, json=json, params=params)
         except httpx.ConnectError as exc:
@@ -83,13 +99,7 @@ class Remote:
             message, code = _error_of(response)
             fail(f"{message} ({code})")
             raise typer.Exit(1)
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError as exc:
-            fail(f"the server at {self.url} sent a reply that is not JSON")
-            raise typer.Exit(1) from exc
+        return response
 
     def close(self) -> None:
         """Close the connection pool."""

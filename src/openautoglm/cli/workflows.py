@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import httpx
 import typer
 import yaml
 from rich.markup import escape
@@ -22,9 +21,7 @@ from openautoglm.cli.common import err, out
 from openautoglm.cli.remote import (
     DEFAULT_URL,
     ApiKeyOption,
-    Remote,
     UrlOption,
-    _error_of,
     cell,
     connect,
     duration_option,
@@ -140,7 +137,7 @@ def graph(
     """Print a workflow's graph (Mermaid by default), or write it to a file."""
     params = {"format": graph_format.value} | ({"run_id": run} if run is not None else {})
     with connect(url, api_key) as remote:
-        content = _fetch(remote, _workflow_path(name, "/graph"), params)
+        content = remote.fetch(_workflow_path(name, "/graph"), params)
     if output is None:
         print(content.decode("utf-8"), end="")
         return
@@ -150,21 +147,6 @@ def graph(
         fail(f"cannot write {output}: {exc.strerror or exc}")
         raise typer.Exit(2) from exc
     err.print(f"Wrote the {graph_format.value} graph of {escape(name)} to {escape(str(output))}.")
-
-
-def _fetch(remote: Remote, path: str, params: dict[str, Any]) -> bytes:
-    """The body of a reply that is not JSON; failures are reported as ``Remote.call`` does."""
-    try:
-        # Remote.call decodes JSON only; a graph is text or SVG, so this goes one level down.
-        response = remote._http.get(path, params=params)
-    except httpx.HTTPError as exc:
-        fail(f"request to {remote.url} failed: {exc}")
-        raise typer.Exit(1) from exc
-    if response.is_error:
-        message, code = _error_of(response)
-        fail(f"{message} ({code})")
-        raise typer.Exit(1)
-    return response.content
 
 
 @app.command("run")
