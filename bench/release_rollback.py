@@ -28,9 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +35,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from serving import free_port, launch
 
 WINDOW_S, MIN_REQUESTS, MAX_ERROR_RATE = 60.0, 20, 0.05
 
@@ -50,46 +49,15 @@ class Outcome:
     version: str | None
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(work: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     port = free_port()
-    config = work / "release.yaml"
-    config.write_text(
+    config_text = (
         f"server: {{host: 127.0.0.1, port: {port}}}\n"
         "policy: {enabled: false}\n"
         "models:\n  - name: echo\n    backend: echo\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")}
-    env["AUTOGLM_DATA_DIR"] = str(work / "data")
-    command = Path(sys.executable).parent / "autoglm"
-    executable = str(command) if command.exists() else shutil.which("autoglm") or "autoglm"
-    process = subprocess.Popen(
-        [executable, "serve", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    key_file = work / "data" / "admin.key"
-    deadline = time.monotonic() + 90
-    while not key_file.exists() or not _answers(port):
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError("autoglm serve did not start")
-        time.sleep(0.2)
-    return process, port, key_file.read_text().strip()
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    process, key = launch(work, config_text, port)
+    return process, port, key
 
 
 def prepare(port: int, admin_key: str, model: str, fail_rate: float) -> tuple[str, str]:

@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +33,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from serving import free_port, launch
 
 MIX = ((0, 0.1, 2.0), (4, 0.3, 5.0), (9, 0.6, 20.0))  # (priority, share, deadline s)
 WORDS = 20
@@ -53,18 +52,11 @@ class Result:
         return self.status == 200 and self.latency_s <= self.deadline_s
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(
     work: Path, slots: int, tokens_per_s: float
 ) -> tuple[subprocess.Popen[bytes], int, str]:
     port = free_port()
-    config = work / "live.yaml"
-    config.write_text(
+    config_text = (
         f"server: {{host: 127.0.0.1, port: {port}}}\n"
         "policy: {enabled: false}\naudit: {enabled: false}\n"
         "models:\n"
@@ -72,36 +64,8 @@ def start_server(
         f"    tokens_per_s: {tokens_per_s}\n    max_concurrency: {slots}\n"
         "    scheduler: {max_queue: 200}\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTOGLM_")}
-    env["AUTOGLM_DATA_DIR"] = str(work / "data")
-    command = Path(sys.executable).parent / "autoglm"
-    process = subprocess.Popen(
-        [
-            str(command) if command.exists() else shutil.which("autoglm") or "autoglm",
-            "serve",
-            "--config",
-            str(config),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    key_file = work / "data" / "admin.key"
-    deadline = time.monotonic() + 90
-    while not key_file.exists() or not _answers(port):
-        if time.monotonic() > deadline or process.poll() is not None:
-            process.kill()
-            raise RuntimeError("autoglm serve did not start")
-        time.sleep(0.2)
-    return process, port, key_file.read_text().strip()
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+    process, key = launch(work, config_text, port)
+    return process, port, key
 
 
 def arrivals(rate: float, duration_s: float, seed: int) -> list[tuple[float, int, float]]:
