@@ -296,7 +296,6 @@ class Gateway:
         started = time.perf_counter()
         outcome, cost, judged = "cancelled", None, False
         error: BaseException | None = None
-        first_token_s: float | None = None
         blocked = False
         instance.in_flight += 1
         try:
@@ -329,8 +328,6 @@ class Gateway:
                 )
                 try:
                     async for raw in chunks:
-                        if first_token_s is None:
-                            first_token_s = time.perf_counter() - begun
                         if not parts and "first_token" not in trace.stages:
                             trace.add_stage("first_token", begun)
                         if raw.text:
@@ -390,7 +387,9 @@ class Gateway:
                 instance.breaker.abandon_probe()
             self._metrics.observe(instance, outcome, elapsed, cost)
             if self.versions is not None and outcome != "cancelled":
-                self.versions.record(instance, error, elapsed, first_token_s, blocked)
+                first_ms = trace.stages.get("first_token")
+                ttft_s = None if first_ms is None else first_ms / 1000.0
+                self.versions.record(instance, error, elapsed, ttft_s, blocked)
 
 
 def _prompt_tokens(request: GenerationRequest, counter: TokenCounter) -> int:

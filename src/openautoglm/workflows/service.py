@@ -105,7 +105,8 @@ class WorkflowService:
         if stored.id != run.id:
             return stored  # this event already started a run
         await self.executor.admit(stored, spec, tasks)
-        return self.executor.live(run.id).run if self.executor.live(run.id) else stored  # type: ignore[union-attr]
+        live = self.executor.live(run.id)
+        return live.run if live is not None else stored
 
     async def recover(self) -> int:
         """Admit every unfinished run (after a restart); how many."""
